@@ -1,0 +1,5 @@
+import sys
+
+from hxd.daemon import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The D-Bus adapter: exports the core on org.hxinfra.hxd1."""

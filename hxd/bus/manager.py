@@ -1,0 +1,112 @@
+"""``org.hxinfra.hxd1.Manager`` at ``/org/hxinfra/hxd1``: hxd's state as properties, actions as methods.
+
+Status() returns every fact in one call (one round trip for hxctl and scripts); the same facts are read-only
+properties, and a change to any of them is sent as PropertiesChanged so clients can watch instead of poll.
+"""
+
+from typing import Annotated, Any
+
+from dbus_fast import PropertyAccess, Variant
+from dbus_fast.annotations import DBusDict, DBusSignature, DBusStr
+from dbus_fast.service import dbus_property
+
+from hxd.bus import names
+from hxd.bus.auth import Authority
+from hxd.bus.methods import HxdInterface, method
+from hxd.core.engine import Engine
+from hxd.core.schedule import iso
+
+StrMap = Annotated[dict[str, str], DBusSignature("a{ss}")]
+
+# Engine fact -> property name.
+_PROPERTIES = {
+    "version": "Version",
+    "node": "Node",
+    "config_path": "ConfigPath",
+    "state": "State",
+    "state_message": "StateMessage",
+    "start_time": "StartTime",
+    "features": "Features",
+    "timers": "Timers",
+}
+
+
+class Manager(HxdInterface):
+    """The daemon's main object."""
+
+    default_action = names.ACTION_RELOAD
+
+    def __init__(self, engine: Engine, authority: Authority) -> None:
+        super().__init__(names.MANAGER_INTERFACE, authority)
+        self.engine = engine
+        # Status() is the hot path: its variants are built once per change of the facts, not once per call.
+        self._status_cache: dict[str, Variant] | None = None
+        engine.observers.append(self._facts_changed)
+
+    def _facts_changed(self, facts: frozenset[str]) -> None:
+        self._status_cache = None
+        values = self._values()
+        self.emit_properties_changed({_PROPERTIES[f]: values[f] for f in facts if f in _PROPERTIES})
+
+    def _values(self) -> dict[str, Any]:
+        status = self.engine.status()
+        return {
+            "version": status.version,
+            "node": status.node,
+            "config_path": status.config_path,
+            "state": status.state,
+            "state_message": status.state_message,
+            "start_time": iso(status.start_time),
+            "features": status.features,
+            "timers": {name: iso(when) for name, when in status.timers.items()},
+            "uptime_sec": status.uptime_sec,
+        }
+
+    @method(public=True)
+    def Status(self) -> DBusDict:
+        """Every fact in one reply: version, node, state, uptime_sec, config_path, features, timers, ..."""
+        if self._status_cache is None:
+            signatures = {"features": "a{ss}", "timers": "a{ss}", "uptime_sec": "d"}
+            self._status_cache = {
+                key: Variant(signatures.get(key, "s"), value) for key, value in self._values().items()
+            }
+        reply = dict(self._status_cache)
+        reply["uptime_sec"] = Variant("d", self.engine.uptime_sec())
+        return reply
+
+    @method()
+    async def Reload(self) -> None:
+        """Re-read the config file; a broken file keeps the old config and fails with InvalidConfig."""
+        self.engine.reload()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> DBusStr:
+        return str(self._values()["version"])
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Node(self) -> DBusStr:
+        return str(self._values()["node"])
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ConfigPath(self) -> DBusStr:
+        return str(self._values()["config_path"])
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> DBusStr:
+        return str(self._values()["state"])
+
+    @dbus_property(access=PropertyAccess.READ)
+    def StateMessage(self) -> DBusStr:
+        return str(self._values()["state_message"])
+
+    @dbus_property(access=PropertyAccess.READ)
+    def StartTime(self) -> DBusStr:
+        return str(self._values()["start_time"])
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Features(self) -> StrMap:
+        return dict(self._values()["features"])
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Timers(self) -> StrMap:
+        return dict(self._values()["timers"])

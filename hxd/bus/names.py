@@ -1,0 +1,29 @@
+"""Every name hxd uses on the bus, in one place: bus name, paths, interfaces, error names, polkit action ids.
+
+These are the public contract (dbus/org.hxinfra.hxd1.xml documents them; the bus policy and polkit policy in
+dbus/ repeat them). Versioned with the trailing 1, as 0pointer's guide to D-Bus versioning asks.
+"""
+
+BUS_NAME = "org.hxinfra.hxd1"
+MANAGER_PATH = "/org/hxinfra/hxd1"
+MANAGER_INTERFACE = "org.hxinfra.hxd1.Manager"
+
+ERROR_PREFIX = "org.hxinfra.hxd1.Error."
+# Any failure that is not one of hxd.core.errors: the caller gets this name and no details.
+ERROR_INTERNAL = ERROR_PREFIX + "Internal"
+
+# polkit action ids (dbus/org.hxinfra.hxd1.policy). Read-only methods need none.
+ACTION_RELOAD = "org.hxinfra.hxd1.reload"
+
+POLKIT_NAME = "org.freedesktop.PolicyKit1"
+POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
+POLKIT_INTERFACE = "org.freedesktop.PolicyKit1.Authority"
+
+DBUS_NAME = "org.freedesktop.DBus"
+DBUS_PATH = "/org/freedesktop/DBus"
+DBUS_INTERFACE = "org.freedesktop.DBus"
+
+
+def error_name(exc_class_name: str) -> str:
+    """The D-Bus error name for a hxd.core.errors class, e.g. ``NotAuthorized`` -> ``...Error.NotAuthorized``."""
+    return ERROR_PREFIX + exc_class_name

@@ -1,0 +1,76 @@
+"""hxctl's side of the bus: one call, its reply, and errors turned into messages a person can act on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbus_fast import Message, MessageType, Variant
+
+from hxd.bus import names
+from hxd.bus.connection import connect, describe
+
+# D-Bus errors that mean "nobody owns org.hxinfra.hxd1" rather than "hxd said no".
+_NOT_RUNNING = (
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.NoReply",
+)
+
+
+class Unreachable(Exception):
+    """hxd cannot be reached: no bus, or nobody owns the name. The message says what to run."""
+
+
+class CallFailed(Exception):
+    """hxd answered with an error; ``short_name`` is the part after ``org.hxinfra.hxd1.Error.``."""
+
+    def __init__(self, error_name: str, text: str) -> None:
+        super().__init__(text)
+        self.error_name = error_name
+        self.short_name = error_name.removeprefix(names.ERROR_PREFIX)
+
+
+async def call(spec: str, member: str, signature: str = "", body: list[Any] | None = None) -> list[Any]:
+    """Call ``member`` on hxd's Manager and return the reply body with variants unwrapped."""
+    try:
+        bus = await connect(spec)
+    except Exception as exc:
+        raise Unreachable(
+            f"cannot connect to {describe(spec)}: {exc.strerror if isinstance(exc, OSError) else exc}; "
+            "is dbus running? (use --bus to pick another bus, or --offline to run without hxd)"
+        ) from None
+    try:
+        reply = await bus.call(
+            Message(
+                destination=names.BUS_NAME,
+                path=names.MANAGER_PATH,
+                interface=names.MANAGER_INTERFACE,
+                member=member,
+                signature=signature,
+                body=body or [],
+            )
+        )
+    finally:
+        bus.disconnect()
+    assert reply is not None
+    if reply.message_type == MessageType.ERROR:
+        error_name = reply.error_name or ""
+        text = reply.body[0] if reply.body else error_name
+        if error_name in _NOT_RUNNING:
+            raise Unreachable(
+                f"hxd is not running on {describe(spec)} ({names.BUS_NAME} has no owner): "
+                "start it with `systemctl start hxd`, or use --offline"
+            )
+        raise CallFailed(error_name, text)
+    return [unwrap(value) for value in reply.body]
+
+
+def unwrap(value: Any) -> Any:
+    """Variants all the way down to plain Python values, for printing and JSON."""
+    if isinstance(value, Variant):
+        return unwrap(value.value)
+    if isinstance(value, dict):
+        return {key: unwrap(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [unwrap(item) for item in value]
+    return value

@@ -1,0 +1,1 @@
+"""The engine: everything hxd knows and does, with no D-Bus in it (usable offline)."""

@@ -1,0 +1,180 @@
+"""hxd's configuration: ``/etc/hxd/hxd.toml`` as a strict pydantic model.
+
+Strict because a typo in a daemon's config that is silently ignored is worse than a daemon that refuses to start:
+unknown keys and bad values are errors that name the key. The defaults reproduce the layout of the seed nodes
+(llm-01), so an empty file is a working configuration on such a node.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
+
+from hxd.core.errors import InvalidConfig
+from hxd.core.schedule import Calendar
+
+DEFAULT_CONFIG_PATH = Path("/etc/hxd/hxd.toml")
+
+
+def _absolute(path: Path) -> Path:
+    if not path.is_absolute():
+        raise ValueError(f"must be an absolute path, got {str(path)!r}")
+    return path
+
+
+AbsPath = Annotated[Path, AfterValidator(_absolute)]
+
+
+class _Section(BaseModel):
+    """Common settings: unknown keys are errors; fields use Strict* types so "300" is not taken for 300."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(_Section):
+    """Where the model store, Ollama's config and hxd's own files live."""
+
+    canonical: AbsPath = Path("/mnt/active_llm_models")
+    bulk: AbsPath = Path("/data/llm_bulk_storage")
+    legacy: AbsPath = Path("/opt/hx-infrastructure/llm-01/models/production")
+    env_file: AbsPath = Path("/opt/hx-infrastructure/llm-01/config/ollama/ollama.env")
+    log_dir: AbsPath = Path("/var/log/hxd")
+    state_dir: AbsPath = Path("/var/lib/hxd")
+
+
+class OllamaConfig(_Section):
+    """How to reach and manage the Ollama server on this node."""
+
+    url: StrictStr = "http://127.0.0.1:11434"
+    unit: StrictStr = "ollama.service"
+    user: StrictStr = "ollama"
+    group: StrictStr = "ollama"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, value: str) -> str:
+        if not value.endswith(".service") or "/" in value:
+            raise ValueError(f"must be a systemd service unit name such as 'ollama.service', got {value!r}")
+        return value
+
+
+class TelemetryConfig(_Section):
+    """GPU sampling: first sample at start, then every ``interval_sec`` on the monotonic clock."""
+
+    enabled: StrictBool = True
+    interval_sec: StrictInt = Field(default=300, ge=1, le=86400)
+
+
+class SmokeConfig(_Section):
+    """Nightly smoke tests against Ollama, scheduled like a systemd timer."""
+
+    enabled: StrictBool = True
+    schedule: StrictStr = "*-*-* 00:03:00 UTC"
+    randomized_delay_sec: StrictInt = Field(default=900, ge=0, le=86400)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        Calendar.parse(value)  # raises ValueError with the reason
+        return value
+
+
+class Config(_Section):
+    """The whole file. Every key is optional; see ``packaging/hxd.toml`` for the commented defaults."""
+
+    node: StrictStr = ""
+    paths: PathsConfig = PathsConfig()
+    ollama: OllamaConfig = OllamaConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    smoke: SmokeConfig = SmokeConfig()
+
+    @property
+    def node_name(self) -> str:
+        """The node's name in reports: the configured one, else the host name (as llm-01 and llm-02 are named)."""
+        return self.node or socket.gethostname()
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Parse TOML text into a Config; every error names ``source`` and the offending key or line."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidConfig(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidConfig(f"{source}: {_describe(exc)}") from None
+
+
+def load_config(path: Path, *, must_exist: bool = True) -> Config:
+    """Read and validate the config file.
+
+    A missing file is an error when the operator named it; the default path may be absent, which means defaults.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if must_exist:
+            raise InvalidConfig(f"{path}: no such file; create it or pass another --config") from None
+        return Config()
+    except OSError as exc:
+        raise InvalidConfig(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidConfig(f"{path}: not UTF-8 text (byte {exc.start}); TOML files must be UTF-8") from None
+    return parse_config(text, str(path))
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per problem, each led by the dotted key, e.g. ``paths.canonical: must be an absolute path``."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            message = "unknown key; see `hxd dump-config` for the valid keys"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{key}: {message}")
+    return "; ".join(problems)
+
+
+def dump_config(config: Config) -> str:
+    """The effective configuration as TOML (what ``hxd dump-config`` prints)."""
+    data = config.model_dump(mode="json")
+    lines = [f"{key} = {_toml_value(value)}" for key, value in data.items() if not isinstance(value, dict)]
+    for section, values in data.items():
+        if isinstance(values, dict):
+            lines.append("")
+            lines.append(f"[{section}]")
+            lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    # JSON's string escapes are a subset of TOML basic strings', and its numbers and booleans match TOML's.
+    return json.dumps(value, ensure_ascii=False)

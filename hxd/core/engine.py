@@ -1,0 +1,139 @@
+"""The engine: hxd's state and the operations on it, shared by the daemon and ``hxctl --offline``.
+
+It knows nothing of D-Bus. The daemon wraps it in the bus adapter and drives its timers; the offline client uses it
+directly. Observers (the bus adapter's PropertiesChanged) are told which facts changed, by name.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from hxd import __version__
+from hxd.core.config import Config, load_config
+from hxd.core.errors import InvalidConfig
+from hxd.core.schedule import Calendar, Interval, randomized
+
+log = structlog.get_logger("hxd.engine")
+
+# Names of the facts an observer can be told about; the bus adapter maps each to a property.
+FACTS = ("version", "node", "config_path", "state", "state_message", "start_time", "features", "timers")
+# What the features do not yet do in this version; each issue that lands one replaces its entry.
+FEATURES = ("validate", "migrate", "telemetry", "smoke", "audit")
+NOT_AVAILABLE = "unavailable: not in this version"
+
+Observer = Callable[[frozenset[str]], None]
+
+
+@dataclass
+class Timer:
+    """A recurring task and when it runs next (wall clock, for display; intervals run on the monotonic clock)."""
+
+    name: str
+    schedule: Calendar | Interval
+    randomized_delay_sec: int = 0
+    next_run: datetime | None = None
+    last_run: datetime | None = None
+
+    def plan_calendar(self, now: datetime, rng: random.Random) -> datetime:
+        """Next wall-clock run of a calendar timer, randomized like ``RandomizedDelaySec=``."""
+        assert isinstance(self.schedule, Calendar)
+        return randomized(self.schedule.next_after(now), self.randomized_delay_sec, rng)
+
+
+@dataclass(frozen=True)
+class Status:
+    """Everything ``Status()`` reports; also what ``hxctl --offline status`` prints."""
+
+    version: str
+    node: str
+    state: str
+    state_message: str
+    config_path: str
+    start_time: datetime
+    uptime_sec: float
+    features: dict[str, str]
+    timers: dict[str, datetime]
+
+
+@dataclass
+class Engine:
+    """hxd's state. ``state`` is ``starting``, ``running``, ``degraded`` (config reload failed), ``stopping``."""
+
+    config_path: Path
+    config: Config
+    state: str = "starting"
+    config_error: str = ""
+    start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started_monotonic: float = field(default_factory=time.monotonic)
+    features: dict[str, str] = field(default_factory=lambda: dict.fromkeys(FEATURES, NOT_AVAILABLE))
+    timers: dict[str, Timer] = field(default_factory=dict)
+    observers: list[Observer] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.timers = build_timers(self.config)
+
+    def notify(self, *facts: str) -> None:
+        changed = frozenset(facts)
+        for observer in self.observers:
+            observer(changed)
+
+    def set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.notify("state")
+
+    @property
+    def state_message(self) -> str:
+        if self.config_error:
+            return f"configuration not reloaded, still using the previous one: {self.config_error}"
+        return ""
+
+    def reload(self) -> None:
+        """Re-read the config file. A broken file keeps the old config, marks hxd degraded and raises InvalidConfig."""
+        try:
+            config = load_config(self.config_path)
+        except InvalidConfig as exc:
+            self.config_error = str(exc)
+            log.error("config reload failed; keeping the previous configuration", error=self.config_error)
+            self.state = "degraded"
+            self.notify("state", "state_message")
+            raise
+        self.config = config
+        self.config_error = ""
+        self.timers = build_timers(config)
+        self.state = "running"
+        log.info("configuration reloaded", config_path=str(self.config_path))
+        self.notify("state", "state_message", "node", "timers")
+
+    def uptime_sec(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+    def status(self) -> Status:
+        return Status(
+            version=__version__,
+            node=self.config.node_name,
+            state=self.state,
+            state_message=self.state_message,
+            config_path=str(self.config_path),
+            start_time=self.start_time,
+            uptime_sec=self.uptime_sec(),
+            features=dict(self.features),
+            timers={name: t.next_run for name, t in self.timers.items() if t.next_run is not None},
+        )
+
+
+def build_timers(config: Config) -> dict[str, Timer]:
+    """The timers the config asks for; disabled features have none."""
+    timers: dict[str, Timer] = {}
+    if config.telemetry.enabled:
+        timers["telemetry"] = Timer("telemetry", Interval(config.telemetry.interval_sec))
+    if config.smoke.enabled:
+        timers["smoke"] = Timer("smoke", Calendar.parse(config.smoke.schedule), config.smoke.randomized_delay_sec)
+    return timers

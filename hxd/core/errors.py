@@ -1,0 +1,34 @@
+"""Errors hxd reports to a caller.
+
+Every failure a caller can see is one of these classes. The bus adapter turns the class name into the D-Bus error
+name (``org.hxinfra.hxd1.Error.<ClassName>``) and hxctl turns it into an exit code, so the name is the contract:
+rename a class and you break clients. Messages are one line that names the input and says what to do.
+"""
+
+
+class HxdError(Exception):
+    """Base of every error hxd reports to a caller."""
+
+
+class InvalidArgs(HxdError):
+    """The caller passed something hxd cannot use (unknown option, wrong type, bad value)."""
+
+
+class InvalidConfig(HxdError):
+    """The configuration file cannot be read or does not validate."""
+
+
+class NotFound(HxdError):
+    """A file, model or object the caller named does not exist."""
+
+
+class NotAuthorized(HxdError):
+    """The caller is not allowed to do this (polkit said no, or not root when polkit is absent)."""
+
+
+class Busy(HxdError):
+    """Another mutating job is running; only one runs at a time."""
+
+
+class Failed(HxdError):
+    """The operation ran and failed; the message says why."""

@@ -1,0 +1,234 @@
+"""``hxd``: the daemon entry. Lifecycle only: bus, sd_notify, signals, timers.
+
+Everything hxd knows lives in the engine (hxd.core) and everything it says on the bus in the adapter (hxd.bus);
+this module connects them, owns ``org.hxinfra.hxd1``, tells systemd how it is doing, and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import random
+import signal
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import sdnotify
+import structlog
+from dbus_fast import DBusError, Message, NameFlag, RequestNameReply
+
+from hxd import __version__
+from hxd import log as hxd_log
+from hxd.bus import names
+from hxd.bus.auth import Authority
+from hxd.bus.connection import BUS_HELP, HxdBus, bus_spec, connect, describe
+from hxd.bus.manager import Manager
+from hxd.core.config import DEFAULT_CONFIG_PATH, dump_config, load_config
+from hxd.core.engine import Engine, Timer
+from hxd.core.errors import InvalidConfig
+from hxd.core.schedule import Interval
+
+log = structlog.get_logger("hxd")
+
+# How long shutdown waits for in-flight calls before it stops anyway (systemd's TimeoutStopSec is 90 s).
+_DRAIN_TIMEOUT_SEC = 20.0
+
+
+class Notifier:
+    """sd_notify(3) through the sdnotify package; a no-op when not started by systemd (no NOTIFY_SOCKET)."""
+
+    def __init__(self) -> None:
+        self._notifier = sdnotify.SystemdNotifier() if os.environ.get("NOTIFY_SOCKET") else None
+
+    def __call__(self, *assignments: str) -> None:
+        if self._notifier is not None:
+            self._notifier.notify("\n".join(assignments))
+
+    @staticmethod
+    def watchdog_period() -> float | None:
+        """Half of ``WATCHDOG_USEC`` (sd_watchdog_enabled(3)), or None when systemd asked for no watchdog."""
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        if not usec or (pid and pid != str(os.getpid())):
+            return None
+        return int(usec) / 2_000_000
+
+
+class Daemon:
+    """One run of hxd: from connecting to the bus to releasing the name."""
+
+    def __init__(self, engine: Engine, spec: str) -> None:
+        self.engine = engine
+        self.spec = spec
+        self.notify = Notifier()
+        self.stop = asyncio.Event()
+        self.rng = random.Random()
+        self.timer_tasks: list[asyncio.Task[None]] = []
+        self.scheduled: dict[str, Timer] = {}
+
+    async def run(self) -> int:
+        try:
+            bus = await connect(self.spec)
+        except Exception as exc:
+            log.error("cannot connect to the bus", bus=describe(self.spec), error=str(exc) or type(exc).__name__)
+            return 1
+        manager = Manager(self.engine, Authority(bus))
+        bus.export(names.MANAGER_PATH, manager)
+        if not await self._own_name(bus):
+            return 1
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        self.engine.set_state("running")
+        self.engine.observers.append(self._facts_changed)
+        self.notify("READY=1", f"STATUS=hxd {__version__}: running")
+        log.info("hxd ready", version=__version__, bus=describe(self.spec), config=str(self.engine.config_path))
+        watchdog = asyncio.create_task(self._watchdog())
+        self._schedule()
+        disconnected = asyncio.create_task(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+        stopping = asyncio.create_task(self.stop.wait())
+        await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (watchdog, *self.timer_tasks):
+            task.cancel()
+        if disconnected.done():
+            log.error("lost the connection to the bus; exiting so systemd restarts hxd")
+            return 1
+        return await self._shutdown(bus, manager)
+
+    async def _own_name(self, bus: HxdBus) -> bool:
+        try:
+            reply = await bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        except DBusError as exc:
+            log.error(
+                "the bus refused the name; is dbus/org.hxinfra.hxd1.conf installed and the bus reloaded?",
+                name=names.BUS_NAME,
+                error=exc.text,
+            )
+            return False
+        if reply != RequestNameReply.PRIMARY_OWNER:
+            log.error("another process owns the name; is hxd already running?", name=names.BUS_NAME)
+            return False
+        return True
+
+    async def _shutdown(self, bus: HxdBus, manager: Manager) -> int:
+        """Release the name first (no new callers reach us), then let calls already received finish."""
+        self.engine.set_state("stopping")
+        self.notify("STOPPING=1")
+        log.info("stopping", inflight=manager.inflight)
+        await bus.release_name(names.BUS_NAME)
+        try:
+            async with asyncio.timeout(_DRAIN_TIMEOUT_SEC):
+                await manager.idle.wait()
+        except TimeoutError:
+            log.warning("in-flight calls did not finish in time", inflight=manager.inflight)
+        # A finished call's reply is queued by a callback that runs after its handler returns; one loop turn lets
+        # it queue, and a round trip to the bus after it proves it was written before we disconnect.
+        await asyncio.sleep(0)
+        await bus.call(
+            Message(
+                destination=names.DBUS_NAME, path=names.DBUS_PATH, interface="org.freedesktop.DBus.Peer", member="Ping"
+            )
+        )
+        bus.disconnect()
+        await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+        log.info("stopped")
+        return 0
+
+    def _reload(self) -> None:
+        # On failure the engine logs why and shows it in Status(); hxd keeps serving with the old config.
+        with contextlib.suppress(InvalidConfig):
+            self.engine.reload()
+
+    def _facts_changed(self, facts: frozenset[str]) -> None:
+        if "state" in facts or "state_message" in facts:
+            message = self.engine.state_message
+            self.notify(f"STATUS=hxd {__version__}: {self.engine.state}" + (f" ({message})" if message else ""))
+        if self.engine.timers is not self.scheduled and self.engine.state != "stopping":
+            self._schedule()
+
+    async def _watchdog(self) -> None:
+        """Ping systemd from the event loop itself, so a blocked loop stops the pings and gets hxd restarted."""
+        period = self.notify.watchdog_period()
+        if period is None:
+            return
+        while True:
+            self.notify("WATCHDOG=1")
+            await asyncio.sleep(period)
+
+    def _schedule(self) -> None:
+        for task in self.timer_tasks:
+            task.cancel()
+        self.scheduled = self.engine.timers
+        self.timer_tasks = [asyncio.create_task(self._run_timer(timer)) for timer in self.scheduled.values()]
+
+    async def _run_timer(self, timer: Timer) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        runs = 0
+        while True:
+            if isinstance(timer.schedule, Interval):
+                delay = start + runs * timer.schedule.seconds - loop.time()
+                timer.next_run = datetime.now(UTC) + timedelta(seconds=max(delay, 0))
+            else:
+                timer.next_run = timer.plan_calendar(datetime.now(UTC), self.rng)
+                delay = (timer.next_run - datetime.now(UTC)).total_seconds()
+            self.engine.notify("timers")
+            await asyncio.sleep(max(delay, 0))
+            timer.last_run = datetime.now(UTC)
+            log.debug("timer fired", timer=timer.name, feature_state=self.engine.features.get(timer.name))
+            if isinstance(timer.schedule, Interval):
+                # Skip runs missed while the loop was busy instead of firing them in a burst.
+                runs = max(runs + 1, math.floor((loop.time() - start) / timer.schedule.seconds) + 1)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hxd",
+        description="hxd keeps an Ollama GPU node correct and observable; it serves org.hxinfra.hxd1 on D-Bus.",
+        epilog="Exit status: 0 clean stop or valid config, 1 error (the message says which).",
+    )
+    parser.add_argument("--version", action="version", version=f"hxd {__version__}")
+    parser.add_argument("--config", type=Path, help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--bus", help=BUS_HELP)
+    parser.add_argument(
+        "--log-format",
+        choices=hxd_log.LOG_FORMATS,
+        default="auto",
+        help="auto: journal under systemd, console otherwise",
+    )
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="run",
+        choices=("run", "check-config", "dump-config"),
+        help="run the daemon (default), check the config (exit 0/1), or print the effective config",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    hxd_log.configure(args.log_format, args.log_level)
+    config_path: Path = (args.config or DEFAULT_CONFIG_PATH).absolute()
+    try:
+        config = load_config(config_path, must_exist=args.config is not None)
+    except InvalidConfig as exc:
+        print(f"hxd: {exc}", file=sys.stderr)
+        return 1
+    if args.command == "check-config":
+        print(f"hxd: {config_path}: configuration is valid")
+        return 0
+    if args.command == "dump-config":
+        sys.stdout.write(dump_config(config))
+        return 0
+    return asyncio.run(Daemon(Engine(config_path, config), bus_spec(args.bus)).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

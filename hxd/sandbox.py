@@ -1,0 +1,190 @@
+"""A throwaway world for hxd: a private dbus-daemon, a NOTIFY_SOCKET, and hxd on a config under one directory.
+
+``make demo``, the benchmarks and the tests all run hxd this way, so what the demo shows is what the tests check.
+Nothing here touches the system bus or system paths.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Self
+
+DBUS_DAEMON = "dbus-daemon"
+
+
+class SandboxError(RuntimeError):
+    """A sandbox part did not start or stop as expected; the message says which and shows its output."""
+
+
+class PrivateBus:
+    """A dbus-daemon on a socket in ``directory``; ``--print-address`` tells us when it is ready.
+
+    ``config`` is ``"session"`` (permissive, same-uid only) or the path of a bus config file (for a system-like bus
+    with the shipped policy, as the policy tests use).
+    """
+
+    def __init__(self, directory: Path, config: str | Path = "session") -> None:
+        self.socket_path = directory / "bus"
+        self.config = config
+        self.address = ""
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Self:
+        config = ["--session"] if self.config == "session" else [f"--config-file={self.config}"]
+        self._process = subprocess.Popen(
+            [
+                DBUS_DAEMON,
+                *config,
+                "--nofork",
+                "--nopidfile",
+                "--print-address=1",
+                f"--address=unix:path={self.socket_path}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self._process.stdout is not None
+        ready, _, _ = select.select([self._process.stdout], [], [], 10)
+        line = self._process.stdout.readline().decode().strip() if ready else ""
+        if not line:
+            self._process.kill()
+            _, stderr = self._process.communicate()
+            raise SandboxError(f"{DBUS_DAEMON} did not print its address: {stderr.decode(errors='replace').strip()}")
+        self.address = line
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(10)
+
+
+class NotifySocket:
+    """A datagram socket to pass as ``NOTIFY_SOCKET``: collects what a child sends with sd_notify(3)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.messages: list[str] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+
+    def wait_for(self, assignment: str, timeout: float = 10.0) -> float:
+        """Wait until a datagram carries ``assignment`` (e.g. ``READY=1``); returns the monotonic arrival time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([self._sock], [], [], max(remaining, 0))
+            if not ready:
+                raise SandboxError(f"no {assignment} within {timeout} s; got {self.messages}")
+            message = self._sock.recv(4096).decode()
+            self.messages.append(message)
+            if assignment in message.split("\n"):
+                return time.monotonic()
+
+    def close(self) -> None:
+        self._sock.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class HxdProcess:
+    """hxd as a real process on a private bus, started the way systemd would (NOTIFY_SOCKET, WATCHDOG_USEC)."""
+
+    def __init__(
+        self,
+        address: str,
+        config: Path,
+        notify: NotifySocket,
+        *,
+        watchdog_usec: int | None = None,
+        extra_env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.address = address
+        self.config = config
+        self.notify = notify
+        self.watchdog_usec = watchdog_usec
+        self.extra_env = extra_env or {}
+        self.log_path = log_path or config.with_suffix(".log")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, *args: str) -> Self:
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), **self.extra_env}
+        if self.watchdog_usec is not None:
+            env["WATCHDOG_USEC"] = str(self.watchdog_usec)
+        with self.log_path.open("ab") as log:
+            self.started_at = time.monotonic()
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "hxd", "--bus", self.address, "--config", str(self.config), *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> float:
+        """Seconds from exec to READY=1."""
+        try:
+            return self.notify.wait_for("READY=1", timeout) - self.started_at
+        except SandboxError:
+            raise SandboxError(f"hxd did not become ready; its log:\n{self.log()}") from None
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise SandboxError(f"hxd did not stop within {timeout} s; its log:\n{self.log()}") from None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def write_config(root: Path, extra: str = "") -> Path:
+    """An hxd.toml whose every path lies under ``root``; ``extra`` is appended (TOML tables such as ``[smoke]``)."""
+    paths = {
+        "canonical": root / "mnt/active_llm_models",
+        "bulk": root / "data/llm_bulk_storage",
+        "legacy": root / "opt/hx-infrastructure/llm-01/models/production",
+        "env_file": root / "opt/hx-infrastructure/llm-01/config/ollama/ollama.env",
+        "log_dir": root / "var/log/hxd",
+        "state_dir": root / "var/lib/hxd",
+    }
+    lines = ['node = "sandbox"', "", "[paths]", *(f'{key} = "{value}"' for key, value in paths.items()), "", extra]
+    path = root / "hxd.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,65 @@
+"""busctl, systemd's own D-Bus client, as the independent client in tests (never our own client library)."""
+
+from __future__ import annotations
+
+import json
+import pwd
+import subprocess
+from typing import Any
+
+from hxd.bus import names
+
+
+def as_user(user: str | None) -> list[str]:
+    """The setpriv prefix that runs a command as ``user`` with its primary group and no others."""
+    if user is None:
+        return []
+    account = pwd.getpwnam(user)
+    return ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups"]
+
+
+def busctl(address: str, *args: str, user: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``busctl --address=ADDRESS ARGS``; ``user`` runs it as that account via setpriv."""
+    command = [*as_user(user), "busctl", f"--address={address}", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+def call_manager(address: str, member: str, *args: str, user: str | None = None, check: bool = True) -> Any:
+    """Call a Manager method with ``--json=short``; returns the decoded reply data (or the failed process)."""
+    result = busctl(
+        address,
+        "--json=short",
+        "call",
+        names.BUS_NAME,
+        names.MANAGER_PATH,
+        names.MANAGER_INTERFACE,
+        member,
+        *args,
+        user=user,
+        check=check,
+    )
+    return json.loads(result.stdout)["data"] if result.returncode == 0 else result
+
+
+def status(address: str) -> dict[str, Any]:
+    """Status() through busctl, flattened from busctl's JSON variant form to plain values."""
+    [reply] = call_manager(address, "Status")
+    return {key: variant["data"] for key, variant in reply.items()}
+
+
+def dbus_send(address: str, member: str, *args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Call a Manager method with dbus-send, which (unlike busctl) prints the D-Bus error *name* of a failure."""
+    command = [
+        *as_user(user),
+        "dbus-send",
+        f"--bus={address}",
+        "--print-reply",
+        f"--dest={names.BUS_NAME}",
+        names.MANAGER_PATH,
+        f"{names.MANAGER_INTERFACE}.{member}",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)

@@ -1,0 +1,124 @@
+"""The shipped bus policy (dbus/org.hxinfra.hxd1.conf) on a bus running Debian's own system.conf policy.
+
+The bus config is Debian's /usr/share/dbus-1/system.conf with only what ties it to the real system changed: it
+listens in a temporary directory, and the user switch, fork, pid file, syslog, service activation and the system.d
+directories are removed. The shipped policy is included, so default-deny rules and our allowances interact exactly
+as on a node.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from busctl import as_user, busctl, dbus_send
+from conftest import StartHxd
+
+from hxd.bus import names
+from hxd.sandbox import PrivateBus
+
+REPO = Path(__file__).resolve().parents[1]
+SYSTEM_CONF = Path("/usr/share/dbus-1/system.conf")
+_UNTIED = re.compile(
+    r"<(user|pidfile|servicehelper|includedir)>.*?</\1>|<(fork|syslog|standard_system_servicedirs)/>", re.S
+)
+
+
+def system_like_config(directory: Path) -> Path:
+    assert SYSTEM_CONF.exists(), f"{SYSTEM_CONF} is missing: apt-get install dbus-daemon"
+    text = _UNTIED.sub("", SYSTEM_CONF.read_text())
+    text = re.sub(r"<listen>.*?</listen>", f"<listen>unix:path={directory / 'bus'}</listen>", text)
+    text = text.replace("</busconfig>", f"  <include>{REPO / 'dbus/org.hxinfra.hxd1.conf'}</include>\n</busconfig>")
+    path = directory / "system-like.conf"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def system_bus(hxd_user: str) -> Iterator[PrivateBus]:
+    """Depends on hxd_user: the policy names that account, and the bus resolves it when it starts."""
+    # Under /tmp (world-traversable) so that unprivileged users can reach the socket.
+    directory = Path(tempfile.mkdtemp(prefix="hxd-system-bus-"))
+    directory.chmod(0o755)
+    try:
+        with PrivateBus(directory, system_like_config(directory)) as bus:
+            yield bus
+    finally:
+        shutil.rmtree(directory)
+
+
+@pytest.fixture(scope="module")
+def hxd_user() -> str:
+    """The account the package creates; tests run as root (CI does), so create it the same way if absent."""
+    if subprocess.run(["getent", "passwd", "hxd"], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "hxd"], check=True)
+    return "hxd"
+
+
+def request_name(address: str, user: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            *as_user(user),
+            "dbus-send",
+            f"--bus={address}",
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.RequestName",
+            f"string:{names.BUS_NAME}",
+            "uint32:4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_tests_run_as_root() -> None:
+    assert os.geteuid() == 0, "the policy tests switch users with setpriv and must run as root (CI does)"
+
+
+def test_unprivileged_user_cannot_own_the_name(system_bus: PrivateBus) -> None:
+    result = request_name(system_bus.address, "nobody")
+    assert result.returncode != 0
+    assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr
+
+
+def test_hxd_user_can_own_the_name(system_bus: PrivateBus, hxd_user: str) -> None:
+    result = request_name(system_bus.address, hxd_user)
+    assert result.returncode == 0, result.stderr
+    assert "uint32 1" in result.stdout  # DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER
+
+
+def test_unprivileged_user_reads_status_but_cannot_reload(system_bus: PrivateBus, start_hxd: StartHxd) -> None:
+    """hxd runs as root here (the policy lets root own the name, for hxd started by hand)."""
+    start_hxd(address=system_bus.address)
+    result = busctl(
+        system_bus.address, "call", names.BUS_NAME, names.MANAGER_PATH, names.MANAGER_INTERFACE, "Status", user="nobody"
+    )
+    assert result.stdout.startswith("a{sv}")
+    denied = dbus_send(system_bus.address, "Reload", user="nobody")
+    assert "org.hxinfra.hxd1.Error.NotAuthorized" in denied.stderr
+    assert "only root" in denied.stderr  # no polkit on this bus: root only
+
+
+def test_other_interfaces_are_denied_to_unprivileged_users(system_bus: PrivateBus, start_hxd: StartHxd) -> None:
+    start_hxd(address=system_bus.address)
+    result = busctl(
+        system_bus.address,
+        "call",
+        names.BUS_NAME,
+        names.MANAGER_PATH,
+        "org.example.NotOurs",
+        "Poke",
+        user="nobody",
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "Access denied" in result.stderr or "AccessDenied" in result.stderr

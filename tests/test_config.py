@@ -1,0 +1,114 @@
+"""The config model: seed defaults, errors that name the key, the shipped file, check-config and dump-config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from hxd.core.config import Config, dump_config, load_config, parse_config
+from hxd.core.errors import InvalidConfig
+
+SHIPPED = Path(__file__).resolve().parents[1] / "packaging/hxd.toml"
+
+
+def test_defaults_reproduce_the_seed_layout() -> None:
+    config = Config()
+    assert str(config.paths.canonical) == "/mnt/active_llm_models"
+    assert str(config.paths.bulk) == "/data/llm_bulk_storage"
+    assert str(config.paths.legacy) == "/opt/hx-infrastructure/llm-01/models/production"
+    assert str(config.paths.env_file) == "/opt/hx-infrastructure/llm-01/config/ollama/ollama.env"
+    assert (config.ollama.url, config.ollama.unit, config.ollama.user, config.ollama.group) == (
+        "http://127.0.0.1:11434",
+        "ollama.service",
+        "ollama",
+        "ollama",
+    )
+    assert config.telemetry.interval_sec == 300
+    assert config.smoke.schedule == "*-*-* 00:03:00 UTC" and config.smoke.randomized_delay_sec > 0
+    assert (str(config.paths.log_dir), str(config.paths.state_dir)) == ("/var/log/hxd", "/var/lib/hxd")
+
+
+def test_shipped_file_has_every_key_with_the_default_value() -> None:
+    shipped = tomllib.loads(SHIPPED.read_text())
+    assert shipped == tomllib.loads(dump_config(Config()))
+    assert load_config(SHIPPED) == Config()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[paths]\ncanonicall = '/x'\n", "paths.canonicall: unknown key"),
+        ("colour = 'blue'\n", "colour: unknown key"),
+        ("[paths]\ncanonical = 'relative/dir'\n", "paths.canonical: must be an absolute path"),
+        ("[telemetry]\ninterval_sec = '300'\n", "telemetry.interval_sec: Input should be a valid integer"),
+        ("[telemetry]\ninterval_sec = 0\n", "telemetry.interval_sec: Input should be greater than or equal to 1"),
+        ("[telemetry]\nenabled = 'yes'\n", "telemetry.enabled: Input should be a valid boolean"),
+        ("[ollama]\nurl = 'localhost:11434'\n", "ollama.url: must be an http:// or https:// URL"),
+        ("[ollama]\nunit = 'ollama'\n", "ollama.unit: must be a systemd service unit name"),
+        ("[smoke]\nschedule = '*-*-* 25:00'\n", "smoke.schedule: hour '25' is outside 0..23"),
+        ("[smoke]\nschedule = 'Funday 01:00'\n", "smoke.schedule: weekday 'funday' is not one of Mon..Sun"),
+        ("[paths\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_the_file_and_key(text: str, message: str) -> None:
+    with pytest.raises(InvalidConfig) as error:
+        parse_config(text, "/etc/hxd/hxd.toml")
+    assert str(error.value).startswith("/etc/hxd/hxd.toml: ")
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_several_errors_are_all_reported() -> None:
+    with pytest.raises(InvalidConfig) as error:
+        parse_config("[paths]\nbulk = 'x'\nlegacy = 'y'\n", "f")
+    assert "paths.bulk" in str(error.value) and "paths.legacy" in str(error.value)
+
+
+def test_unreadable_inputs(tmp_path: Path) -> None:
+    with pytest.raises(InvalidConfig, match="no such file"):
+        load_config(tmp_path / "missing.toml")
+    assert load_config(tmp_path / "missing.toml", must_exist=False) == Config()
+    with pytest.raises(InvalidConfig, match="cannot read"):
+        load_config(tmp_path)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"node = '\xff'\n")
+    with pytest.raises(InvalidConfig, match="not UTF-8"):
+        load_config(binary)
+
+
+def test_dump_config_round_trips() -> None:
+    config = parse_config(
+        'node = "llm-02"\n[paths]\ncanonical = "/srv/a \\"quoted\\" path"\n[smoke]\nenabled = false\n', "f"
+    )
+    assert parse_config(dump_config(config), "dump") == config
+
+
+def hxd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hxd", *args], capture_output=True, text=True, timeout=30)
+
+
+def test_check_config_exit_codes(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text("[telemetry]\ninterval_sec = 60\n")
+    result = hxd("--config", str(good), "check-config")
+    assert (result.returncode, result.stdout.strip()) == (0, f"hxd: {good}: configuration is valid")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[telemetry]\ninterval_sec = -1\n")
+    result = hxd("--config", str(bad), "check-config")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"hxd: {bad}: telemetry.interval_sec:")
+    assert "Traceback" not in result.stderr
+
+
+def test_dump_config_prints_the_effective_config(tmp_path: Path) -> None:
+    config = tmp_path / "hxd.toml"
+    config.write_text("[telemetry]\ninterval_sec = 60\n")
+    result = hxd("--config", str(config), "dump-config")
+    assert result.returncode == 0
+    dumped = tomllib.loads(result.stdout)
+    assert dumped["telemetry"]["interval_sec"] == 60
+    assert dumped["paths"]["canonical"] == "/mnt/active_llm_models"

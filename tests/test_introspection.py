@@ -1,0 +1,71 @@
+"""dbus/org.hxinfra.hxd1.xml is the documented API: the live daemon must match it exactly."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from busctl import busctl
+from conftest import StartHxd
+
+from hxd.bus import names
+from hxd.sandbox import PrivateBus
+
+SHIPPED = Path(__file__).resolve().parents[1] / "dbus/org.hxinfra.hxd1.xml"
+
+
+def interfaces(xml: str) -> dict[str, list[tuple[str, ...]]]:
+    """hxd's own interfaces as comparable tuples: members with their args, properties with type and access."""
+    result: dict[str, list[tuple[str, ...]]] = {}
+    for interface in ET.fromstring(xml).iter("interface"):
+        name = interface.get("name", "")
+        if not name.startswith(names.BUS_NAME):
+            continue
+        members: list[tuple[str, ...]] = []
+        for element in interface:
+            args = tuple(
+                f"{a.get('direction', 'out')}:{a.get('type')}:{a.get('name', '')}" for a in element.iter("arg")
+            )
+            annotations = tuple(f"{a.get('name')}={a.get('value')}" for a in element.iter("annotation"))
+            members.append(
+                (
+                    element.tag,
+                    element.get("name", ""),
+                    element.get("type", ""),
+                    element.get("access", ""),
+                    *args,
+                    *annotations,
+                )
+            )
+        result[name] = sorted(members)
+    return result
+
+
+def strip_doctype(text: str) -> str:
+    return text.split(">", 1)[1] if text.startswith("<!DOCTYPE") else text
+
+
+def test_live_introspection_matches_the_shipped_xml(bus: PrivateBus, start_hxd: StartHxd) -> None:
+    start_hxd()
+    reply = busctl(
+        bus.address,
+        "--json=short",
+        "call",
+        names.BUS_NAME,
+        names.MANAGER_PATH,
+        "org.freedesktop.DBus.Introspectable",
+        "Introspect",
+    )
+    live = interfaces(strip_doctype(json.loads(reply.stdout)["data"][0]))
+    shipped = interfaces(strip_doctype(SHIPPED.read_text()))
+    assert names.MANAGER_INTERFACE in shipped
+    assert live == shipped
+
+
+def test_comparison_notices_a_difference() -> None:
+    """Guard against a comparison that always passes."""
+    shipped = SHIPPED.read_text()
+    changed = shipped.replace('<property name="State" type="s"', '<property name="State" type="u"')
+    assert changed != shipped
+    assert interfaces(strip_doctype(changed)) != interfaces(strip_doctype(shipped))

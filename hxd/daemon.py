@@ -13,6 +13,7 @@ import math
 import os
 import random
 import signal
+import socket
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +31,9 @@ from hxd.bus.manager import Manager
 from hxd.core.config import DEFAULT_CONFIG_PATH, dump_config, load_config
 from hxd.core.engine import Engine, Timer
 from hxd.core.errors import InvalidConfig
+from hxd.core.metrics import render
 from hxd.core.schedule import Interval
+from hxd.metrics_server import bind, listen_fds, serve
 
 log = structlog.get_logger("hxd")
 
@@ -58,6 +61,14 @@ class Notifier:
         return int(usec) / 2_000_000
 
 
+class StartupError(Exception):
+    """hxd cannot start; the message and details are logged and hxd exits 1 (systemd's Restart= takes over)."""
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.details = details
+
+
 class Daemon:
     """One run of hxd: from connecting to the bus to releasing the name."""
 
@@ -72,22 +83,29 @@ class Daemon:
 
     async def run(self) -> int:
         try:
-            bus = await connect(self.spec)
-        except Exception as exc:
-            log.error("cannot connect to the bus", bus=describe(self.spec), error=str(exc) or type(exc).__name__)
-            return 1
-        manager = Manager(self.engine, Authority(bus))
-        bus.export(names.MANAGER_PATH, manager)
-        if not await self._own_name(bus):
+            metrics_socket = self._metrics_socket()
+            bus = await self._connect()
+            manager = Manager(self.engine, Authority(bus))
+            bus.export(names.MANAGER_PATH, manager)
+            await self._own_name(bus)
+        except StartupError as exc:
+            log.error(str(exc), **exc.details)
             return 1
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
+        metrics = await serve(metrics_socket, lambda: render(self.engine.status())) if metrics_socket else None
         self.engine.set_state("running")
         self.engine.observers.append(self._facts_changed)
         self.notify("READY=1", f"STATUS=hxd {__version__}: running")
-        log.info("hxd ready", version=__version__, bus=describe(self.spec), config=str(self.engine.config_path))
+        log.info(
+            "hxd ready",
+            version=__version__,
+            bus=describe(self.spec),
+            config=str(self.engine.config_path),
+            metrics=_socket_name(metrics_socket),
+        )
         watchdog = asyncio.create_task(self._watchdog())
         self._schedule()
         disconnected = asyncio.create_task(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
@@ -95,25 +113,45 @@ class Daemon:
         await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
         for task in (watchdog, *self.timer_tasks):
             task.cancel()
+        if metrics is not None:
+            metrics.close()
         if disconnected.done():
             log.error("lost the connection to the bus; exiting so systemd restarts hxd")
             return 1
         return await self._shutdown(bus, manager)
 
-    async def _own_name(self, bus: HxdBus) -> bool:
+    def _metrics_socket(self) -> socket.socket | None:
+        """systemd's socket (hxd.socket), else one bound to metrics.listen, else None (no endpoint)."""
+        passed = listen_fds()
+        if passed:
+            return passed[0]
+        listen = self.engine.config.metrics.listen
+        if not listen:
+            return None
+        try:
+            return bind(listen)
+        except OSError as exc:
+            raise StartupError("cannot listen for /metrics", listen=listen, error=exc.strerror) from None
+
+    async def _connect(self) -> HxdBus:
+        try:
+            return await connect(self.spec)
+        except Exception as exc:
+            raise StartupError(
+                "cannot connect to the bus", bus=describe(self.spec), error=str(exc) or type(exc).__name__
+            ) from None
+
+    async def _own_name(self, bus: HxdBus) -> None:
         try:
             reply = await bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
         except DBusError as exc:
-            log.error(
+            raise StartupError(
                 "the bus refused the name; is dbus/org.hxinfra.hxd1.conf installed and the bus reloaded?",
                 name=names.BUS_NAME,
                 error=exc.text,
-            )
-            return False
+            ) from None
         if reply != RequestNameReply.PRIMARY_OWNER:
-            log.error("another process owns the name; is hxd already running?", name=names.BUS_NAME)
-            return False
-        return True
+            raise StartupError("another process owns the name; is hxd already running?", name=names.BUS_NAME)
 
     async def _shutdown(self, bus: HxdBus, manager: Manager) -> int:
         """Release the name first (no new callers reach us), then let calls already received finish."""
@@ -184,6 +222,13 @@ class Daemon:
             if isinstance(timer.schedule, Interval):
                 # Skip runs missed while the loop was busy instead of firing them in a burst.
                 runs = max(runs + 1, math.floor((loop.time() - start) / timer.schedule.seconds) + 1)
+
+
+def _socket_name(sock: socket.socket | None) -> str:
+    if sock is None:
+        return "off"
+    name = sock.getsockname()
+    return ":".join(str(part) for part in name[:2]) if isinstance(name, tuple) else str(name)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -174,17 +174,19 @@ class HxdProcess:
             self.process.wait()
 
 
-def write_config(root: Path, extra: str = "") -> Path:
-    """An hxd.toml whose every path lies under ``root``; ``extra`` is appended (TOML tables such as ``[smoke]``)."""
-    paths = {
+def write_config(root: Path, extra: str = "", paths: dict[str, Path] | None = None) -> Path:
+    """An hxd.toml whose every path lies under ``root`` unless ``paths`` overrides it; ``extra`` is appended (TOML
+    tables such as ``[smoke]``)."""
+    layout = {
         "canonical": root / "mnt/active_llm_models",
         "bulk": root / "data/llm_bulk_storage",
         "legacy": root / "opt/hx-infrastructure/llm-01/models/production",
         "env_file": root / "opt/hx-infrastructure/llm-01/config/ollama/ollama.env",
         "log_dir": root / "var/log/hxd",
         "state_dir": root / "var/lib/hxd",
+        **(paths or {}),
     }
-    lines = ['node = "sandbox"', "", "[paths]", *(f'{key} = "{value}"' for key, value in paths.items()), "", extra]
+    lines = ['node = "sandbox"', "", "[paths]", *(f'{key} = "{value}"' for key, value in layout.items()), "", extra]
     path = root / "hxd.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

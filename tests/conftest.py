@@ -45,12 +45,19 @@ def start_hxd(bus: PrivateBus, tmp_path: Path) -> Iterator[StartHxd]:
     processes: list[HxdProcess] = []
     notify_sockets: list[NotifySocket] = []
 
-    def start(extra_config: str = "", *, wait: bool = True, address: str | None = None, **kwargs: object) -> HxdProcess:
+    def start(
+        extra_config: str = "",
+        *,
+        wait: bool = True,
+        address: str | None = None,
+        paths: dict[str, Path] | None = None,
+        **kwargs: object,
+    ) -> HxdProcess:
         root = tmp_path / f"hxd{len(processes)}"
         root.mkdir()
         notify = NotifySocket(root / "notify")
         notify_sockets.append(notify)
-        hxd = HxdProcess(address or bus.address, write_config(root, extra_config), notify, **kwargs)  # type: ignore[arg-type]
+        hxd = HxdProcess(address or bus.address, write_config(root, extra_config, paths), notify, **kwargs)  # type: ignore[arg-type]
         processes.append(hxd)
         hxd.start()
         if wait:

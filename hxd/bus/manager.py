@@ -28,6 +28,7 @@ _PROPERTIES = {
     "start_time": "StartTime",
     "features": "Features",
     "timers": "Timers",
+    "paths": "Paths",
 }
 
 
@@ -59,14 +60,15 @@ class Manager(HxdInterface):
             "start_time": iso(status.start_time),
             "features": status.features,
             "timers": {name: iso(when) for name, when in status.timers.items()},
+            "paths": status.paths,
             "uptime_sec": status.uptime_sec,
         }
 
     @method(public=True)
     def Status(self) -> DBusDict:
-        """Every fact in one reply: version, node, state, uptime_sec, config_path, features, timers, ..."""
+        """Every fact in one reply: version, node, state, uptime_sec, config_path, features, timers, paths, ..."""
         if self._status_cache is None:
-            signatures = {"features": "a{ss}", "timers": "a{ss}", "uptime_sec": "d"}
+            signatures = {"features": "a{ss}", "timers": "a{ss}", "paths": "a{ss}", "uptime_sec": "d"}
             self._status_cache = {
                 key: Variant(signatures.get(key, "s"), value) for key, value in self._values().items()
             }
@@ -110,3 +112,7 @@ class Manager(HxdInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Timers(self) -> StrMap:
         return dict(self._values()["timers"])
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Paths(self) -> StrMap:
+        return dict(self._values()["paths"])

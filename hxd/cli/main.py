@@ -77,6 +77,7 @@ def _print_status(status: dict[str, Any]) -> None:
     if not offline:
         print(f"  started    {status['start_time']} (up {_duration(status['uptime_sec'])})")
     _print_table("features", status["features"])
+    _print_table("paths", status["paths"])
     if not offline:  # timers run only in the daemon
         _print_table("next runs", status["timers"])
 

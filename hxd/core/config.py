@@ -103,6 +103,21 @@ class SmokeConfig(_Section):
         return value
 
 
+class MetricsConfig(_Section):
+    """The Prometheus endpoint. Under systemd, hxd.socket passes the socket and ``listen`` is ignored."""
+
+    listen: StrictStr = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"must be HOST:PORT such as 127.0.0.1:9464, or empty to disable; got {value!r}")
+        return value
+
+
 class Config(_Section):
     """The whole file. Every key is optional; see ``packaging/hxd.toml`` for the commented defaults."""
 
@@ -111,6 +126,7 @@ class Config(_Section):
     ollama: OllamaConfig = OllamaConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     smoke: SmokeConfig = SmokeConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @property
     def node_name(self) -> str:

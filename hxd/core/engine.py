@@ -18,12 +18,14 @@ import structlog
 from hxd import __version__
 from hxd.core.config import Config, load_config
 from hxd.core.errors import InvalidConfig
+from hxd.core.paths import check_paths
 from hxd.core.schedule import Calendar, Interval, randomized
 
 log = structlog.get_logger("hxd.engine")
 
 # Names of the facts an observer can be told about; the bus adapter maps each to a property.
-FACTS = ("version", "node", "config_path", "state", "state_message", "start_time", "features", "timers")
+FACTS = ("version", "node", "config_path", "state", "state_message", "start_time", "features", "timers", "paths")
+STATES = ("starting", "running", "degraded", "stopping", "offline")
 # What the features do not yet do in this version; each issue that lands one replaces its entry.
 FEATURES = ("validate", "migrate", "telemetry", "smoke", "audit")
 NOT_AVAILABLE = "unavailable: not in this version"
@@ -60,6 +62,7 @@ class Status:
     uptime_sec: float
     features: dict[str, str]
     timers: dict[str, datetime]
+    paths: dict[str, str]
 
 
 @dataclass
@@ -74,10 +77,12 @@ class Engine:
     started_monotonic: float = field(default_factory=time.monotonic)
     features: dict[str, str] = field(default_factory=lambda: dict.fromkeys(FEATURES, NOT_AVAILABLE))
     timers: dict[str, Timer] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
     observers: list[Observer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.timers = build_timers(self.config)
+        self.paths = check_paths(self.config)
 
     def notify(self, *facts: str) -> None:
         changed = frozenset(facts)
@@ -108,9 +113,10 @@ class Engine:
         self.config = config
         self.config_error = ""
         self.timers = build_timers(config)
+        self.paths = check_paths(config)
         self.state = "running"
         log.info("configuration reloaded", config_path=str(self.config_path))
-        self.notify("state", "state_message", "node", "timers")
+        self.notify("state", "state_message", "node", "timers", "paths")
 
     def uptime_sec(self) -> float:
         return time.monotonic() - self.started_monotonic
@@ -126,6 +132,7 @@ class Engine:
             uptime_sec=self.uptime_sec(),
             features=dict(self.features),
             timers={name: t.next_run for name, t in self.timers.items() if t.next_run is not None},
+            paths=dict(self.paths),
         )
 
 

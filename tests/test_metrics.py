@@ -1,0 +1,141 @@
+"""/metrics through socket activation (systemd-socket-activate) and through metrics.listen, read by a real HTTP
+client and parsed with prometheus-client's text-format parser."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from busctl import status
+from conftest import StartHxd
+from prometheus_client.parser import text_string_to_metric_families
+
+from hxd.sandbox import NotifySocket, PrivateBus, write_config
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(url: str, timeout: float = 15.0) -> tuple[str, str]:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.headers["Content-Type"], response.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.fixture
+def activated(bus: PrivateBus, tmp_path: Path) -> Iterator[tuple[str, NotifySocket, subprocess.Popen[bytes]]]:
+    """hxd behind systemd-socket-activate: not running until the first connection, as with hxd.socket."""
+    port = free_port()
+    notify = NotifySocket(tmp_path / "notify")
+    config = write_config(tmp_path)
+    process = subprocess.Popen(
+        [
+            "systemd-socket-activate",
+            "-l",
+            f"127.0.0.1:{port}",
+            "-E",
+            f"NOTIFY_SOCKET={notify.path}",
+            "-E",
+            f"PYTHONPATH={os.pathsep.join(sys.path)}",
+            sys.executable,
+            "-m",
+            "hxd",
+            "--bus",
+            bus.address,
+            "--config",
+            str(config),
+        ],
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 10
+    while True:  # wait until systemd-socket-activate listens (it prints "Listening on ...")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "systemd-socket-activate did not listen"
+            time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", notify, process
+    process.terminate()
+    assert process.wait(30) == 0
+    notify.close()
+
+
+def test_a_scrape_starts_hxd_and_gets_metrics(activated: tuple[str, NotifySocket, subprocess.Popen[bytes]]) -> None:
+    url, notify, _ = activated
+    content_type, text = scrape(f"{url}/metrics")
+    notify.wait_for("READY=1")
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    values = samples(text)
+    assert values[("hxd_info", (("node", "sandbox"), ("version", "0.1.0")))] == 1
+    assert values[("hxd_state", (("state", "running"),))] == 1
+    assert values[("hxd_state", (("state", "degraded"),))] == 0
+    assert values[("hxd_feature_available", (("feature", "migrate"),))] == 0
+    assert ("hxd_timer_next_run_timestamp_seconds", (("timer", "smoke"),)) in values
+    assert values[("hxd_path_writable", (("path", "canonical"),))] == 1
+
+
+def test_errors_and_other_paths(activated: tuple[str, NotifySocket, subprocess.Popen[bytes]]) -> None:
+    url, _, _ = activated
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        scrape(f"{url}/")
+    assert missing.value.code == 404
+    request = urllib.request.Request(f"{url}/metrics", data=b"x", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as post:
+        urllib.request.urlopen(request, timeout=10)
+    assert post.value.code == 405
+    with socket.create_connection((url.split("//")[1].split(":")[0], int(url.rsplit(":", 1)[1]))) as raw:
+        raw.sendall(b"garbage\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 400 ")
+
+
+def test_metrics_listen_without_socket_activation(bus: PrivateBus, start_hxd: StartHxd) -> None:
+    port = free_port()
+    start_hxd(f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    _, text = scrape(f"http://127.0.0.1:{port}/metrics")
+    assert samples(text)[("hxd_state", (("state", "running"),))] == 1
+
+
+def test_metrics_listen_on_a_busy_port_fails_start(start_hxd: StartHxd) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        hxd = start_hxd(f'[metrics]\nlisten = "127.0.0.1:{busy.getsockname()[1]}"\n', wait=False)
+        assert hxd.process is not None and hxd.process.wait(15) == 1
+    assert "cannot listen for /metrics" in hxd.log()
+
+
+def test_read_only_path_is_reported(bus: PrivateBus, start_hxd: StartHxd, tmp_path: Path) -> None:
+    """A configured path on a read-only mount (as outside ReadWritePaths= under the unit) shows in Status()."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        port = free_port()
+        start_hxd(f'[metrics]\nlisten = "127.0.0.1:{port}"\n', paths={"bulk": mount / "bulk"})
+        paths = status(bus.address)["paths"]
+        assert paths["bulk"].startswith(f"read-only here ({mount} is on a read-only mount): add it to ReadWritePaths=")
+        assert paths["canonical"] == f"ok (missing; hxd can create it under {tmp_path / 'hxd0'})"
+        _, text = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert samples(text)[("hxd_path_writable", (("path", "bulk"),))] == 0
+        assert samples(text)[("hxd_path_writable", (("path", "canonical"),))] == 1
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

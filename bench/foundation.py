@@ -64,13 +64,15 @@ class RawClient:
         assert self.sock.recv(4096).startswith(b"OK"), "bus refused authentication"
         self.sock.sendall(b"BEGIN\r\n")
         self.call(
-            Message(
-                destination=names.DBUS_NAME,
-                path=names.DBUS_PATH,
-                interface=names.DBUS_INTERFACE,
-                member="Hello",
-                serial=1,
-            )._marshall(False)
+            bytes(
+                Message(
+                    destination=names.DBUS_NAME,
+                    path=names.DBUS_PATH,
+                    interface=names.DBUS_INTERFACE,
+                    member="Hello",
+                    serial=1,
+                )._marshall(False)
+            )
         )
 
     def _read(self, size: int) -> bytes:
@@ -118,7 +120,7 @@ CALLS = {
 def round_trips(address: str, rounds: int, per_round: int) -> dict[str, list[float]]:
     """Interleave the three calls in rounds so drift on the machine affects all of them alike."""
     client = RawClient(address)
-    wire = {name: message._marshall(False) for name, message in CALLS.items()}
+    wire = {name: bytes(message._marshall(False)) for name, message in CALLS.items()}
     samples: dict[str, list[float]] = {name: [] for name in CALLS}
     for _ in range(rounds):
         for name, request in wire.items():

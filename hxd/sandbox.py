@@ -6,7 +6,9 @@ Nothing here touches the system bus or system paths.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import select
 import signal
 import socket
@@ -14,9 +16,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 DBUS_DAEMON = "dbus-daemon"
+# The Ollama stub ships in the source tree (tools/), not in the package: the sandbox runs from a checkout.
+OLLAMA_STUB = Path(__file__).resolve().parents[1] / "tools" / "ollama_stub.py"
 
 
 class SandboxError(RuntimeError):
@@ -190,3 +194,64 @@ def write_config(root: Path, extra: str = "", paths: dict[str, Path] | None = No
     path = root / "hxd.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+class OllamaStub:
+    """tools/ollama_stub.py as a real process: port 0 (the stub prints the port it got), a real store on disk, and
+    a behaviour file that can be changed while it runs (load and first-token delays, token rate, failures)."""
+
+    def __init__(self, workdir: Path, models: Path | None, behaviour: dict[str, Any] | None = None) -> None:
+        index = len(list(workdir.glob("ollama-stub*.log")))
+        self.workdir = workdir
+        self.models = models
+        self.behaviour = workdir / f"ollama-behaviour{index}.json"
+        self.behaviour.write_text(json.dumps(behaviour or {}))
+        self.stderr = workdir / f"ollama-stub{index}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.url = ""
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> Self:
+        """Start and wait for the ``listening on`` line; without ``models`` OLLAMA_HOST/OLLAMA_MODELS decide."""
+        if not OLLAMA_STUB.exists():
+            raise SandboxError(f"{OLLAMA_STUB} is missing: the Ollama stub runs from a source checkout")
+        argv = [sys.executable, str(OLLAMA_STUB), "--behaviour", str(self.behaviour), *args]
+        if self.models is not None:
+            argv += ["--port", "0", "--models", str(self.models)]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
+        with self.stderr.open("wb") as err:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env={**clean, **(env or {})})
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 10)
+        line = self.proc.stdout.readline().decode() if ready else ""
+        match = re.fullmatch(r"listening on (http://[^:]+:(\d+))\n", line)
+        if not match:
+            self.kill()
+            raise SandboxError(f"the Ollama stub did not start ({line!r}): {self.stderr.read_text()}")
+        self.url, self.port = match.group(1), int(match.group(2))
+        return self
+
+    def set_behaviour(self, data: dict[str, Any]) -> None:
+        """Replace the behaviour file atomically; the stub sees the new inode on its next request."""
+        tmp = self.behaviour.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.behaviour)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()

@@ -54,7 +54,7 @@ def start_hxd(bus: PrivateBus, tmp_path: Path) -> Iterator[StartHxd]:
         **kwargs: object,
     ) -> HxdProcess:
         root = tmp_path / f"hxd{len(processes)}"
-        root.mkdir()
+        root.mkdir(exist_ok=True)
         notify = NotifySocket(root / "notify")
         notify_sockets.append(notify)
         hxd = HxdProcess(address or bus.address, write_config(root, extra_config, paths), notify, **kwargs)  # type: ignore[arg-type]

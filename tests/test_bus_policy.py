@@ -96,7 +96,9 @@ def test_hxd_user_can_own_the_name(system_bus: PrivateBus, hxd_user: str) -> Non
     assert "uint32 1" in result.stdout  # DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER
 
 
-def test_unprivileged_user_reads_status_but_cannot_reload(system_bus: PrivateBus, start_hxd: StartHxd) -> None:
+def test_unprivileged_user_reads_status_but_cannot_reload_or_validate(
+    system_bus: PrivateBus, start_hxd: StartHxd
+) -> None:
     """hxd runs as root here (the policy lets root own the name, for hxd started by hand)."""
     start_hxd(address=system_bus.address)
     result = busctl(
@@ -106,6 +108,19 @@ def test_unprivileged_user_reads_status_but_cannot_reload(system_bus: PrivateBus
     denied = dbus_send(system_bus.address, "Reload", user="nobody")
     assert "org.hxinfra.hxd1.Error.NotAuthorized" in denied.stderr
     assert "only root" in denied.stderr  # no polkit on this bus: root only
+    refused = busctl(
+        system_bus.address,
+        "call",
+        names.BUS_NAME,
+        names.MANAGER_PATH,
+        names.MANAGER_INTERFACE,
+        "Validate",
+        "a{sv}",
+        "0",
+        user="nobody",
+        check=False,
+    )
+    assert "org.hxinfra.hxd1.validate: polkit is not running and only root may do this" in refused.stderr
 
 
 def test_other_interfaces_are_denied_to_unprivileged_users(system_bus: PrivateBus, start_hxd: StartHxd) -> None:

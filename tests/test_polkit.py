@@ -91,3 +91,20 @@ def test_sigterm_lets_an_in_flight_call_finish(bus: PrivateBus, polkit: MockPolk
     caller.join(10)
     assert outcome["reload"].returncode == 0, outcome["reload"].stderr
     assert hxd.process is not None and hxd.process.wait(10) == 0
+
+
+def test_validate_asks_for_its_own_action(bus: PrivateBus, polkit: MockPolkit, start_hxd: StartHxd) -> None:
+    start_hxd()
+    denied = busctl(
+        bus.address,
+        "call",
+        names.BUS_NAME,
+        names.MANAGER_PATH,
+        names.MANAGER_INTERFACE,
+        "Validate",
+        "a{sv}",
+        "0",
+        check=False,
+    )
+    assert denied.stderr.strip() == f"Call failed: {names.ACTION_VALIDATE}: not authorized (ask an administrator)"
+    assert [r["action"] for r in polkit.authority.requests] == [names.ACTION_VALIDATE]

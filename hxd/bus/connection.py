@@ -58,12 +58,12 @@ def describe(spec: str) -> str:
 
 
 async def connect(spec: str) -> HxdBus:
-    """Connect to ``system``, ``session`` or an explicit address."""
+    """Connect to ``system``, ``session`` or an explicit address, able to pass file descriptors (ValidateFile)."""
     if spec == "system":
-        bus = HxdBus(bus_type=BusType.SYSTEM)
+        bus = HxdBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True)
     elif spec == "session":
-        bus = HxdBus(bus_type=BusType.SESSION)
+        bus = HxdBus(bus_type=BusType.SESSION, negotiate_unix_fd=True)
     else:
-        bus = HxdBus(bus_address=spec)
+        bus = HxdBus(bus_address=spec, negotiate_unix_fd=True)
     await bus.connect()
     return bus

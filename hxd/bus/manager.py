@@ -4,19 +4,27 @@ Status() returns every fact in one call (one round trip for hxctl and scripts); 
 properties, and a change to any of them is sent as PropertiesChanged so clients can watch instead of poll.
 """
 
+import asyncio
+import os
 from typing import Annotated, Any
 
 from dbus_fast import PropertyAccess, Variant
-from dbus_fast.annotations import DBusDict, DBusSignature, DBusStr
+from dbus_fast.annotations import DBusDict, DBusSignature, DBusStr, DBusUnixFd
 from dbus_fast.service import dbus_property
 
 from hxd.bus import names
 from hxd.bus.auth import Authority
-from hxd.bus.methods import HxdInterface, method
+from hxd.bus.connection import current_message
+from hxd.bus.methods import HxdInterface, method, parse_options
 from hxd.core.engine import Engine
+from hxd.core.errors import InvalidArgs
 from hxd.core.schedule import iso
+from hxd.core.validate import Options, Report
 
 StrMap = Annotated[dict[str, str], DBusSignature("a{ss}")]
+# (file, loads, findings); a finding is (code, severity, line, key, message, hint).
+ValidateReply = Annotated[tuple[str, bool, list[tuple[str, str, int, str, str, str]]], DBusSignature("sba(ssusss)")]
+VALIDATE_OPTIONS = {"strict": "b", "store": "b", "deep": "b", "server": "b"}
 
 # Engine fact -> property name.
 _PROPERTIES = {
@@ -80,6 +88,32 @@ class Manager(HxdInterface):
     async def Reload(self) -> None:
         """Re-read the config file; a broken file keeps the old config and fails with InvalidConfig."""
         self.engine.reload()
+
+    @method(action=names.ACTION_VALIDATE)
+    async def Validate(self, options: DBusDict) -> ValidateReply:
+        """Validate the configured env file; options strict, store, deep, server (all b)."""
+        values = Options(**parse_options(options, VALIDATE_OPTIONS))
+        return self._reply(await asyncio.to_thread(self.engine.validate, values))
+
+    @method(action=names.ACTION_VALIDATE)
+    async def ValidateFile(self, file: DBusUnixFd, options: DBusDict) -> ValidateReply:
+        """Validate the file the caller opened and passed (so hxd reads nothing the caller could not); options as
+        Validate, plus name (s) to show in the report."""
+        if file not in current_message.get().unix_fds:
+            # dbus-fast passes the raw index when no descriptor came with the message: never read hxd's own fds.
+            raise InvalidArgs("the file must come as an attached file descriptor (type h), not a number")
+        try:
+            values = parse_options(options, {**VALIDATE_OPTIONS, "name": "s"})
+            name = values.pop("name", "")
+            report = await asyncio.to_thread(self.engine.validate, Options(**values), file, name)
+        finally:
+            os.close(file)
+        return self._reply(report)
+
+    def _reply(self, report: Report) -> tuple[str, bool, list[tuple[str, str, int, str, str, str]]]:
+        self.engine.record_validation(report)
+        findings = [(f.code, str(f.severity), f.line, f.key, f.message, f.hint) for f in report.findings]
+        return report.file, report.loads, findings
 
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> DBusStr:

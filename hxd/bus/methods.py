@@ -19,13 +19,13 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import structlog
-from dbus_fast import DBusError
+from dbus_fast import DBusError, Variant
 from dbus_fast.service import ServiceInterface, dbus_method
 
 from hxd.bus import names
 from hxd.bus.auth import Authority
 from hxd.bus.connection import current_message
-from hxd.core.errors import HxdError
+from hxd.core.errors import HxdError, InvalidArgs
 
 log = structlog.get_logger("hxd.bus")
 
@@ -62,7 +62,7 @@ def _dbus_error(member: str, exc: Exception) -> DBusError:
         return exc
     if isinstance(exc, HxdError):
         message = " ".join(str(exc).split()) or type(exc).__name__
-        return DBusError(names.error_name(type(exc).__name__), message)
+        return DBusError(names.error_name(exc), message)
     log.error("internal error in a D-Bus method", member=member, exc_info=exc)
     return DBusError(names.ERROR_INTERNAL, f"{member} failed inside hxd; see `journalctl -u hxd`")
 
@@ -108,3 +108,19 @@ def method(*, action: str | None = None, public: bool = False) -> Callable[[F], 
         return dbus_method(name=member)(async_wrapper)  # type: ignore[return-value]
 
     return decorate
+
+
+def parse_options(options: dict[str, Variant], schema: dict[str, str]) -> dict[str, Any]:
+    """The ``a{sv}`` options of a call as plain values, checked against ``schema`` (name -> D-Bus signature).
+
+    Every method takes its options this way (as UDisks2 and fwupd do) so the API can grow without new signatures;
+    an unknown name or a wrong type is the caller's mistake and says so.
+    """
+    values: dict[str, Any] = {}
+    for name, variant in options.items():
+        if name not in schema:
+            raise InvalidArgs(f"unknown option {name!r}; valid options: {', '.join(sorted(schema))}")
+        if variant.signature != schema[name]:
+            raise InvalidArgs(f"option {name!r} must have type {schema[name]!r}, not {variant.signature!r}")
+        values[name] = variant.value
+    return values

@@ -4,6 +4,8 @@ These are the public contract (dbus/org.hxinfra.hxd1.xml documents them; the bus
 dbus/ repeat them). Versioned with the trailing 1, as 0pointer's guide to D-Bus versioning asks.
 """
 
+from hxd.core.errors import HxdError, kind
+
 BUS_NAME = "org.hxinfra.hxd1"
 MANAGER_PATH = "/org/hxinfra/hxd1"
 MANAGER_INTERFACE = "org.hxinfra.hxd1.Manager"
@@ -14,6 +16,7 @@ ERROR_INTERNAL = ERROR_PREFIX + "Internal"
 
 # polkit action ids (dbus/org.hxinfra.hxd1.policy). Read-only methods need none.
 ACTION_RELOAD = "org.hxinfra.hxd1.reload"
+ACTION_VALIDATE = "org.hxinfra.hxd1.validate"
 
 POLKIT_NAME = "org.freedesktop.PolicyKit1"
 POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
@@ -24,6 +27,6 @@ DBUS_PATH = "/org/freedesktop/DBus"
 DBUS_INTERFACE = "org.freedesktop.DBus"
 
 
-def error_name(exc_class_name: str) -> str:
-    """The D-Bus error name for a hxd.core.errors class, e.g. ``NotAuthorized`` -> ``...Error.NotAuthorized``."""
-    return ERROR_PREFIX + exc_class_name
+def error_name(exc: HxdError) -> str:
+    """The D-Bus error name for ``exc``, e.g. ``org.hxinfra.hxd1.Error.NotAuthorized``."""
+    return ERROR_PREFIX + kind(exc)

@@ -30,8 +30,13 @@ class CallFailed(Exception):
         self.short_name = error_name.removeprefix(names.ERROR_PREFIX)
 
 
-async def call(spec: str, member: str, signature: str = "", body: list[Any] | None = None) -> list[Any]:
-    """Call ``member`` on hxd's Manager and return the reply body with variants unwrapped."""
+async def call(
+    spec: str, member: str, signature: str = "", body: list[Any] | None = None, unix_fds: list[int] | None = None
+) -> list[Any]:
+    """Call ``member`` on hxd's Manager and return the reply body with variants unwrapped.
+
+    A file descriptor argument (``h``) is written in ``body`` as its index in ``unix_fds``, as on the wire.
+    """
     try:
         bus = await connect(spec)
     except Exception as exc:
@@ -48,6 +53,7 @@ async def call(spec: str, member: str, signature: str = "", body: list[Any] | No
                 member=member,
                 signature=signature,
                 body=body or [],
+                unix_fds=unix_fds or [],
             )
         )
     finally:

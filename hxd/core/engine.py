@@ -17,9 +17,11 @@ import structlog
 
 from hxd import __version__
 from hxd.core.config import Config, load_config
+from hxd.core.envfile import read_envfile, read_envfile_fd
 from hxd.core.errors import InvalidConfig
 from hxd.core.paths import check_paths
-from hxd.core.schedule import Calendar, Interval, randomized
+from hxd.core.schedule import Calendar, Interval, iso, randomized
+from hxd.core.validate import Options, Report, validate
 
 log = structlog.get_logger("hxd.engine")
 
@@ -27,7 +29,7 @@ log = structlog.get_logger("hxd.engine")
 FACTS = ("version", "node", "config_path", "state", "state_message", "start_time", "features", "timers", "paths")
 STATES = ("starting", "running", "degraded", "stopping", "offline")
 # What the features do not yet do in this version; each issue that lands one replaces its entry.
-FEATURES = ("validate", "migrate", "telemetry", "smoke", "audit")
+FEATURES = ("migrate", "telemetry", "smoke", "audit")
 NOT_AVAILABLE = "unavailable: not in this version"
 
 Observer = Callable[[frozenset[str]], None]
@@ -75,7 +77,9 @@ class Engine:
     config_error: str = ""
     start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
     started_monotonic: float = field(default_factory=time.monotonic)
-    features: dict[str, str] = field(default_factory=lambda: dict.fromkeys(FEATURES, NOT_AVAILABLE))
+    features: dict[str, str] = field(
+        default_factory=lambda: {"validate": "ready", **dict.fromkeys(FEATURES, NOT_AVAILABLE)}
+    )
     timers: dict[str, Timer] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
     observers: list[Observer] = field(default_factory=list)
@@ -117,6 +121,27 @@ class Engine:
         self.state = "running"
         log.info("configuration reloaded", config_path=str(self.config_path))
         self.notify("state", "state_message", "node", "timers", "paths")
+
+    def validate(self, options: Options, fd: int | None = None, name: str = "") -> Report:
+        """Validate the configured env file, or the file open on ``fd`` (called ``name`` in the report).
+
+        Blocking (file reads, hashing, HTTP): the daemon calls it in a worker thread, then ``record_validation``.
+        """
+        if fd is None:
+            path = self.config.paths.env_file
+            report = validate(read_envfile(path), str(path), self.config, options)
+        else:
+            label = name or f"fd {fd}"
+            report = validate(read_envfile_fd(fd, Path(label)), label, self.config, options)
+        return report
+
+    def record_validation(self, report: Report) -> None:
+        """Show the last validation in the feature state; called on the event loop, since observers emit signals."""
+        self.features["validate"] = (
+            f"ready (last run {iso(datetime.now(UTC))}: {report.file}: {report.errors} errors, "
+            f"{report.warnings} warnings)"
+        )
+        self.notify("features")
 
     def uptime_sec(self) -> float:
         return time.monotonic() - self.started_monotonic

@@ -22,6 +22,10 @@ class NotFound(HxdError):
     """A file, model or object the caller named does not exist."""
 
 
+class Unreadable(HxdError):
+    """A file hxd was asked to read cannot be read: missing, no permission, not a regular file, too large."""
+
+
 class NotAuthorized(HxdError):
     """The caller is not allowed to do this (polkit said no, or not root when polkit is absent)."""
 
@@ -32,3 +36,12 @@ class Busy(HxdError):
 
 class Failed(HxdError):
     """The operation ran and failed; the message says why."""
+
+
+def kind(exc: HxdError) -> str:
+    """The name of the class of this module that ``exc`` is (or derives from): its D-Bus error name's last part and
+    the key of hxctl's exit codes, so subclasses elsewhere never invent new names."""
+    for cls in type(exc).__mro__:
+        if cls.__module__ == __name__:
+            return cls.__name__
+    raise AssertionError(f"{type(exc).__name__} does not derive from {HxdError.__name__}")

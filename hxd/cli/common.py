@@ -1,0 +1,53 @@
+"""What every hxctl command shares: exit codes, reaching hxd (or the core with --offline), error mapping."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from hxd.bus.connection import bus_spec
+from hxd.cli.client import call
+from hxd.core.config import DEFAULT_CONFIG_PATH, load_config
+from hxd.core.engine import Engine
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_NOT_AUTHORIZED = 4
+
+EXIT_CODES = f"""exit status:
+  {EXIT_OK}  success (validate: no errors; warnings allowed)
+  {EXIT_FAILED}  the operation failed or found problems (validate: errors found)
+  {EXIT_USAGE}  bad command line or unusable input (a file that cannot be read, an invalid config)
+  {EXIT_UNREACHABLE}  hxd cannot be reached (no bus, or hxd is not running); try --offline
+  {EXIT_NOT_AUTHORIZED}  not authorized (polkit said no; run as root or ask an administrator)"""
+
+# hxd error (short D-Bus name or core class name) -> exit code; anything else is EXIT_FAILED.
+ERROR_EXIT = {
+    "NotAuthorized": EXIT_NOT_AUTHORIZED,
+    "InvalidArgs": EXIT_USAGE,
+    "InvalidConfig": EXIT_USAGE,
+    "Unreadable": EXIT_USAGE,
+}
+
+
+def call_hxd(
+    args: argparse.Namespace,
+    member: str,
+    signature: str = "",
+    body: list[Any] | None = None,
+    unix_fds: list[int] | None = None,
+) -> list[Any]:
+    """One call to hxd's Manager on the bus the command line (or HXD_BUS) names."""
+    return asyncio.run(call(bus_spec(args.bus), member, signature, body, unix_fds))
+
+
+def offline_engine(args: argparse.Namespace) -> Engine:
+    """hxd's engine in this process (``--offline``), on ``--config`` or the default config file."""
+    path: Path = (args.config or DEFAULT_CONFIG_PATH).absolute()
+    engine = Engine(path, load_config(path, must_exist=args.config is not None))
+    engine.state = "offline"
+    return engine

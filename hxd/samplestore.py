@@ -1,0 +1,189 @@
+"""Build real Ollama model stores on disk: the sample store of ``make demo``, the benchmarks and the tests.
+
+The layout follows shared/reference/ollama.md §1:
+
+* ``manifests/<host>/<namespace>/<model>/<tag>`` holds the manifest JSON.
+* ``blobs/sha256-<hex>`` holds each blob, named by the SHA-256 of its content.
+* Manifests are written the way ``WriteManifest`` writes them: ``schemaVersion`` 2, the docker v2 media type,
+  a ``config`` layer of ``application/vnd.docker.container.image.v1+json`` and Go's field order
+  (mediaType, digest, size), followed by a trailing newline.
+
+Everything that migrates, verifies or serves a sample store (the Ollama stub's tests, hxd's validation and
+migration tests, the demo) builds it here, so that all of them work on the same valid format. ``make_store`` is the
+main entry point; the smaller functions let tests break a store on purpose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+MANIFEST_MEDIA_TYPE: Final = "application/vnd.docker.distribution.manifest.v2+json"
+CONFIG_MEDIA_TYPE: Final = "application/vnd.docker.container.image.v1+json"
+MEDIA_PREFIX: Final = "application/vnd.ollama.image."
+
+DEFAULT_CONFIG: Final[Mapping[str, Any]] = {
+    "model_format": "gguf",
+    "model_family": "llama",
+    "model_families": ["llama"],
+    "model_type": "1B",
+    "file_type": "Q4_K_M",
+    "architecture": "amd64",
+    "os": "linux",
+}
+
+# A layer is either bare bytes, or (media type, bytes). The media type may be written short ("template") or
+# in full ("application/vnd.ollama.image.template").
+LayerSpec = bytes | tuple[str, bytes]
+
+
+def sha256_digest(data: bytes) -> str:
+    """The digest of ``data`` as manifests spell it: ``sha256:<hex>``."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def split_name(name: str) -> tuple[str, str, str, str]:
+    """Split a model name into (host, namespace, model, tag), filling in Ollama's defaults.
+
+    The rules are: registry.ollama.ai / library / latest; the tag follows the last ``:`` only if that comes
+    after the last ``/``.
+    """
+    rest, tag = name, "latest"
+    if name.rfind(":") > name.rfind("/"):
+        rest, tag = name.rsplit(":", 1)
+    parts = rest.split("/")
+    if len(parts) == 1:
+        return "registry.ollama.ai", "library", parts[0], tag
+    if len(parts) == 2:
+        return "registry.ollama.ai", parts[0], parts[1], tag
+    return "/".join(parts[:-2]), parts[-2], parts[-1], tag
+
+
+def manifest_path(root: Path, name: str) -> Path:
+    """Where the manifest of ``name`` lives under store ``root``."""
+    return root.joinpath("manifests", *split_name(name))
+
+
+def blob_path(root: Path, digest: str) -> Path:
+    """Where the blob ``sha256:<hex>`` lives under store ``root``."""
+    return root / "blobs" / digest.replace(":", "-")
+
+
+def write_blob(root: Path, data: bytes) -> str:
+    """Store ``data`` under its SHA-256 name and return its ``sha256:<hex>`` digest."""
+    digest = sha256_digest(data)
+    path = blob_path(root, digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return digest
+
+
+def _media_type(kind: str) -> str:
+    return kind if "/" in kind else MEDIA_PREFIX + kind
+
+
+def config_bytes(overrides: Mapping[str, Any] | None = None) -> bytes:
+    """The config blob: ``DEFAULT_CONFIG`` updated with ``overrides``, as compact JSON."""
+    config = {**DEFAULT_CONFIG, **(overrides or {})}
+    return json.dumps(config, separators=(",", ":")).encode()
+
+
+def manifest_bytes(config: tuple[str, int], layers: Sequence[tuple[str, str, int]]) -> bytes:
+    """Manifest JSON as ``WriteManifest`` writes it.
+
+    ``config`` is (digest, size); each layer is (media type, digest, size).
+    """
+    document = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config[0], "size": config[1]},
+        "layers": [{"mediaType": kind, "digest": digest, "size": size} for kind, digest, size in layers],
+    }
+    return json.dumps(document, separators=(",", ":")).encode() + b"\n"
+
+
+def write_model(root: Path, name: str, layers: Sequence[LayerSpec], config: Mapping[str, Any] | None = None) -> str:
+    """Write the config blob, the layer blobs and the manifest of one model. Returns the manifest digest (hex).
+
+    A bare-bytes first layer is the weights (``application/vnd.ollama.image.model``); further bare-bytes layers
+    are licenses. The manifest digest is what ``/api/tags`` reports as ``digest``: the SHA-256 of the
+    manifest file.
+    """
+    config_data = config_bytes(config)
+    config_digest = write_blob(root, config_data)
+    entries: list[tuple[str, str, int]] = []
+    for index, spec in enumerate(layers):
+        if isinstance(spec, bytes):
+            kind, data = ("model" if index == 0 else "license"), spec
+        else:
+            kind, data = spec
+        entries.append((_media_type(kind), write_blob(root, data), len(data)))
+    document = manifest_bytes((config_digest, len(config_data)), entries)
+    path = manifest_path(root, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(document)
+    return hashlib.sha256(document).hexdigest()
+
+
+def make_store(
+    root: Path,
+    models: Mapping[str, Sequence[LayerSpec]],
+    *,
+    configs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, str]:
+    """Create (or add to) a valid store at ``root`` and return model name -> manifest digest (hex).
+
+    ``models`` maps a name (``llama3.2``, ``llama3.2:1b``, ``hf.co/user/repo:Q4``) to its layers. See
+    ``write_model`` for how layers are typed. ``configs`` optionally overrides config-blob fields per model,
+    for example ``{"capabilities": ["completion", "thinking"]}``. Both ``blobs/`` and ``manifests/`` exist
+    afterwards, even when ``models`` is empty.
+    """
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    (root / "manifests").mkdir(parents=True, exist_ok=True)
+    return {name: write_model(root, name, layers, (configs or {}).get(name)) for name, layers in models.items()}
+
+
+# The seed's three production models (llm-01), with tiny stand-in weights.
+SAMPLE_MODELS: Final[Mapping[str, Sequence[LayerSpec]]] = {
+    "llama3.2:3b": [b"llama3.2 3b weights", ("template", b"{{ .Prompt }}")],
+    "qwen3:1.7b": [b"qwen3 1.7b weights"],
+    "mistral-small3.2": [b"mistral-small3.2 weights", b"Apache-2.0 license text"],
+}
+
+
+def sample_env(models_dir: Path, digests: Mapping[str, str]) -> str:
+    """llm-01's ollama.env as the seed shows it: quoted values, the model variables, the list, a digest pin."""
+    pin = digests["mistral-small3.2"][:12]
+    return (
+        "# Ollama configuration for llm-01\n"
+        'OLLAMA_HOST="127.0.0.1:11434"\n'
+        f'OLLAMA_MODELS="{models_dir}"\n'
+        'OLLAMA_MODEL_LLAMA32="llama3.2:3b"\n'
+        'OLLAMA_MODEL_QWEN3="qwen3:1.7b"\n'
+        f'OLLAMA_MODEL_MISTRAL="mistral-small3.2@sha256:{pin}"\n'
+        f'OLLAMA_MODELS_AVAILABLE="llama3.2:3b,qwen3:1.7b,mistral-small3.2@sha256:{pin}"\n'
+    )
+
+
+def make_node(canonical: Path, bulk: Path, legacy: Path, env_file: Path, *, migrated: bool) -> dict[str, str]:
+    """A node with the sample models and its env file; returns model name -> manifest digest.
+
+    ``migrated=False`` is llm-01 before the alignment: the store is a real directory at the legacy path and
+    OLLAMA_MODELS points there. ``migrated=True`` is the canonical layout: the store in bulk storage, ``canonical``
+    holding ``blobs``/``manifests`` symlinks into it, the legacy path a symlink to ``canonical``.
+    """
+    if migrated:
+        digests = make_store(bulk, SAMPLE_MODELS)
+        canonical.mkdir(parents=True, exist_ok=True)
+        for part in ("blobs", "manifests"):
+            (canonical / part).symlink_to(bulk / part)
+        legacy.parent.mkdir(parents=True, exist_ok=True)
+        legacy.symlink_to(canonical)
+    else:
+        digests = make_store(legacy, SAMPLE_MODELS)
+    env_file.parent.mkdir(parents=True, exist_ok=True)
+    env_file.write_text(sample_env(canonical if migrated else legacy, digests))
+    return digests

@@ -99,8 +99,17 @@ def _print_report(report: dict[str, Any]) -> None:
     for f in report["findings"]:
         where = f"{report['file']}:{f['line']}" if f["line"] else report["file"]
         print(f"{where}: {f['severity']} {f['code']}: {f['message']}")
-        print(f"    fix: {f['hint']}")
-    print(f"{report['file']}: {report['errors']} errors, {report['warnings']} warnings, {report['infos']} notes")
+        print(f"    {'hint' if f['severity'] == 'info' else 'fix'}: {f['hint']}")
+    counts = [
+        _plural(report["errors"], "error"),
+        _plural(report["warnings"], "warning"),
+        _plural(report["infos"], "note"),
+    ]
+    print(f"{report['file']}: {', '.join(counts)}")
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def run_env(args: argparse.Namespace) -> int:

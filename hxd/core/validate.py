@@ -4,7 +4,7 @@ Each finding has a stable code (HX1xx), a severity, the line, the key, a one-lin
 a contract for scripts and never change meaning; the table is in hxctl(1) and README.md.
 
 - HX100-HX108: how systemd 252 reads the file (see hxd.core.envfile), where it differs from what the author meant.
-- HX110-HX117: the model variables ``OLLAMA_MODEL_<NAME>`` and the list ``OLLAMA_MODELS_AVAILABLE``.
+- HX110-HX118: the model variables ``OLLAMA_MODEL_<NAME>`` and the list ``OLLAMA_MODELS_AVAILABLE``.
 - HX120-HX124: ``OLLAMA_MODELS`` and the canonical layout.
 - HX130-HX135: with ``store``, each configured model against the store on disk (``deep``: every blob's sha256).
 - HX140-HX143: with ``server``, each configured model against ``GET /api/tags``.
@@ -227,6 +227,16 @@ def _models(check: _Check) -> dict[str, ModelRef]:
     variables = {k: v for k, v in environment.items() if MODEL_VARIABLE.fullmatch(k)}
     refs = {key: ref for key, value in variables.items() if (ref := _parse(check, key, value)) is not None}
     for key, ref in refs.items():
+        if ref.pin is not None:
+            check.add(
+                "HX118",
+                "info",
+                check.lines[key],
+                key,
+                f"{ref.text!r} carries a digest pin, which Ollama's API "
+                "rejects (400 invalid model name): hxd checks the pin and sends the name without it",
+                f"scripts that call Ollama directly must send {ref.api_name!r}",
+            )
         if ref.unpinned_tag and ref.pin is None:
             tag = "no tag" if not ref.explicit_tag else f"the tag {ref.tag!r}"
             check.add(

@@ -83,23 +83,66 @@ class OllamaConfig(_Section):
 
 
 class TelemetryConfig(_Section):
-    """GPU sampling: first sample at start, then every ``interval_sec`` on the monotonic clock."""
+    """GPU sampling: first sample at start, then every ``interval_sec`` on the monotonic clock.
+
+    Samples go to ``<paths.log_dir>/gpu/telemetry.csv``, rotated at ``rotate_size_mb`` or ``rotate_age_days``,
+    keeping ``keep`` rotated files.
+    """
 
     enabled: StrictBool = True
     interval_sec: StrictInt = Field(default=300, ge=1, le=86400)
+    rotate_size_mb: StrictInt = Field(default=64, ge=1, le=65536)
+    rotate_age_days: StrictInt = Field(default=7, ge=1, le=3650)
+    keep: StrictInt = Field(default=8, ge=1, le=1000)
 
 
 class SmokeConfig(_Section):
-    """Nightly smoke tests against Ollama, scheduled like a systemd timer."""
+    """Nightly smoke tests against Ollama, scheduled like a systemd timer (with catch-up, like Persistent=true).
+
+    Results go to ``<paths.log_dir>/perf/nightly-smoke.log`` (one readable line per model per run) and
+    ``nightly-smoke.jsonl`` beside it, rotated at ``rotate_size_mb``, keeping ``keep`` rotated files.
+    """
 
     enabled: StrictBool = True
     schedule: StrictStr = "*-*-* 00:03:00 UTC"
     randomized_delay_sec: StrictInt = Field(default=900, ge=0, le=86400)
+    models: list[StrictStr] = []
+    prompt: StrictStr = "Reply with one short sentence: what is the capital of France?"
+    num_predict: StrictInt = Field(default=32, ge=1, le=4096)
+    concurrency: StrictInt = Field(default=4, ge=1, le=64)
+    timeout_sec: StrictInt = Field(default=300, ge=1, le=3600)
+    regression_margin: float = Field(default=0.5, ge=0.0, le=100.0, strict=True)
+    rotate_size_mb: StrictInt = Field(default=16, ge=1, le=65536)
+    keep: StrictInt = Field(default=8, ge=1, le=1000)
 
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, value: str) -> str:
         Calendar.parse(value)  # raises ValueError with the reason
+        return value
+
+
+class AuditConfig(_Section):
+    """Ownership and permission audit of everything hxd manages, daily and on request."""
+
+    enabled: StrictBool = True
+    schedule: StrictStr = "daily UTC"
+    randomized_delay_sec: StrictInt = Field(default=900, ge=0, le=86400)
+    file_mode: StrictStr = "0644"
+    dir_mode: StrictStr = "0755"
+    env_file_mode: StrictStr = "0640"
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        Calendar.parse(value)
+        return value
+
+    @field_validator("file_mode", "dir_mode", "env_file_mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        if not (len(value) in (3, 4) and all(c in "01234567" for c in value)):
+            raise ValueError(f"must be an octal mode such as 0644, got {value!r}")
         return value
 
 
@@ -126,6 +169,7 @@ class Config(_Section):
     ollama: OllamaConfig = OllamaConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     smoke: SmokeConfig = SmokeConfig()
+    audit: AuditConfig = AuditConfig()
     metrics: MetricsConfig = MetricsConfig()
 
     @property

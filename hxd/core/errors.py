@@ -34,6 +34,10 @@ class Busy(HxdError):
     """Another mutating job is running; only one runs at a time."""
 
 
+class Cancelled(HxdError):
+    """The caller (or shutdown) cancelled the job before it finished; nothing was left half done."""
+
+
 class Failed(HxdError):
     """The operation ran and failed; the message says why."""
 

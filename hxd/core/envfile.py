@@ -22,11 +22,11 @@ import errno
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hxd.core.atomic import replace_file
 from hxd.core.errors import Failed, InvalidArgs, Unreadable
 
 READ_LIMIT = 64 * 1024 * 1024 - 1
@@ -638,48 +638,6 @@ def with_variable(data: bytes, key: str, value: str) -> bytes:
     return data + _append_separator(parsed, state, key) + text + b"\n"
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _write_temp(target: Path, data: bytes, info: os.stat_result) -> str:
-    """Write ``data`` to a new file beside ``target`` with its owner and mode, synced; removed again on failure."""
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".hxd-tmp")
-    try:
-        os.fchown(fd, info.st_uid, info.st_gid)  # before chmod: chown clears set-id bits
-        os.fchmod(fd, stat.S_IMODE(info.st_mode))
-        _write_all(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.unlink(temp)
-        raise
-    finally:
-        os.close(fd)
-    return temp
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable: without this a crash can bring back the old file, or none."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace_file(target: Path, data: bytes, info: os.stat_result) -> None:
-    """Atomically replace ``target``: readers see the old file or the new one, never a half-written one."""
-    temp = _write_temp(target, data, info)
-    try:
-        os.replace(temp, target)
-    except BaseException:
-        os.unlink(temp)
-        raise
-    _fsync_directory(target.parent)
-
-
 def set_variable(path: Path, key: str, value: str) -> None:
     """Set ``key`` to ``value`` in the environment file ``path``, changing nothing else in it.
 
@@ -697,6 +655,6 @@ def set_variable(path: Path, key: str, value: str) -> None:
         raise Failed(f"{path}: {error}") from error
     target = Path(os.path.realpath(path))
     try:
-        _replace_file(target, new, info)
+        replace_file(target, new, like=info)
     except OSError as error:
         raise Failed(f"{path}: cannot write: {_os_reason(error)}") from error

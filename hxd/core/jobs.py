@@ -68,17 +68,34 @@ class JobControl:
                 if getattr(self.state, name) != value:
                     setattr(self.state, name, value)
                     self._pending.add(name)
-            urgent = bool(self._pending & {"phase", "message", "state", "result"})
-            now = time.monotonic()
-            if not self._pending or (not urgent and now - self._last_sent < _MIN_INTERVAL_SEC):
-                return
-            changed, self._pending = frozenset(self._pending), set()
-            self._last_sent = now
-        if self._listener is not None:
-            self._listener(self.state, changed)
+            changed = self._due()
+        self._send(changed)
 
-    def add_bytes(self, count: int) -> None:
-        self.update(bytes_done=self.state.bytes_done + count)
+    def advance(self, *, bytes_done: int = 0, items_done: int = 0) -> None:
+        """Add to the byte and item counters; safe from several worker threads at once."""
+        with self._lock:
+            if bytes_done:
+                self.state.bytes_done += bytes_done
+                self._pending.add("bytes_done")
+            if items_done:
+                self.state.items_done += items_done
+                self._pending.add("items_done")
+            changed = self._due()
+        self._send(changed)
+
+    def _due(self) -> frozenset[str]:
+        """The changed fields to send now (called with the lock held); empty while coalescing counters."""
+        urgent = bool(self._pending & {"phase", "message", "state", "result"})
+        now = time.monotonic()
+        if not self._pending or (not urgent and now - self._last_sent < _MIN_INTERVAL_SEC):
+            return frozenset()
+        changed, self._pending = frozenset(self._pending), set()
+        self._last_sent = now
+        return changed
+
+    def _send(self, changed: frozenset[str]) -> None:
+        if changed and self._listener is not None:
+            self._listener(self.state, changed)
 
     @property
     def cancelled(self) -> bool:

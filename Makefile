@@ -2,18 +2,27 @@
 #   make demo   - venv, private bus, hxd on a sandbox config, hxctl status, clean stop
 #   make test   - venv and the whole test suite
 # `make deps` installs the Debian packages both need (run as root).
+#   make deb    - dist/hxd_<version>_<arch>.deb with debhelper, checked by lintian (packaging/README.md)
+#   make e2e    - the .deb installed and booted in a Debian 12 container (tools/e2e; root, `make deps-e2e`)
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Debian packages the demo and the tests need.
 DEB_PACKAGES := dbus python3-venv make systemd util-linux
+# Debian packages `make deb` and `make e2e` need (`make deps-e2e` installs them).
+DEB_BUILD_PACKAGES := debhelper dpkg-dev git lintian python3-pip python3.11-venv \
+	mmdebstrap debian-archive-keyring mount systemd-container util-linux
 
-.PHONY: deps venv demo test lint lock bench clean
+.PHONY: deps venv demo test lint lock bench clean deps-e2e deb e2e
 
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)
+
+deps-e2e:
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_BUILD_PACKAGES)
 
 # The venv is rebuilt whenever the lock file changes; the project itself is installed
 # editable with --no-deps so that only the hash-checked lock decides what is installed.
@@ -49,6 +58,31 @@ lock:
 
 bench: venv
 	$(BIN)/python bench/foundation.py
+
+# The .deb: a source tree under build/deb from `git ls-files` plus packaging/debian as debian/, the wheels pinned
+# by requirements.lock (and the setuptools that builds hxd's wheel, pinned by requirements-dev.lock) downloaded
+# into it with Debian's pip, then dpkg-buildpackage without network (unshare -n where we may) and lintian.
+VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DEB_TREE   := build/deb/hxd-$(VERSION)
+PIP_FETCH  := /usr/bin/python3 -m pip download --quiet --disable-pip-version-check --require-hashes --no-deps
+deb:
+	@test "$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)" = "$(VERSION)" || { \
+		echo "packaging/debian/changelog does not match version $(VERSION) in pyproject.toml; add an entry (dch -v)" >&2; \
+		exit 1; }
+	rm -rf build/deb && mkdir -p $(DEB_TREE) dist
+	git ls-files -z | tar --null --ignore-failed-read -T - -cf - | tar -C $(DEB_TREE) -xf -
+	cp -a packaging/debian $(DEB_TREE)/debian
+	awk '/^setuptools==/ {p = 1; print; next} p && /^ / {print; next} {p = 0}' requirements-dev.lock \
+		> $(DEB_TREE)/debian/build-requirements.lock
+	cd $(DEB_TREE) && $(PIP_FETCH) -r requirements.lock -r debian/build-requirements.lock -d wheels
+	cd $(DEB_TREE) && $$(unshare --net true 2>/dev/null && echo unshare --net --) dpkg-buildpackage -us -uc -b
+	cp build/deb/hxd_$(VERSION)_$$(dpkg --print-architecture).deb dist/
+	lintian --fail-on error,warning --info --display-experimental --tag-display-limit 0 \
+		dist/hxd_$(VERSION)_$$(dpkg --print-architecture).deb
+
+# Needs root: mmdebstrap, systemd-nspawn and nsenter (packaging/README.md).
+e2e:
+	tools/e2e
 
 clean:
 	rm -rf $(VENV) dist build *.egg-info

@@ -1,0 +1,83 @@
+"""The migration journal: what has been done, written durably before and after every irreversible step.
+
+Content addressing makes most state re-derivable (a blob is done when ``bulk/blobs/<name>`` exists), so the journal
+holds what cannot be re-derived: which blobs were verified (so a resume does not re-hash them), the server's model
+list before the migration, the service's state, what the switch changed and where the backups are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hxd.core.atomic import replace_file
+from hxd.core.errors import Failed
+
+JOURNAL_NAME = "migration.json"
+
+# Journal states, in order. "aborted", "committed" and "rolled-back" are final; any other means interrupted.
+STATES = ("copying", "verified", "stopped", "switching", "started", "committed")
+FINAL = ("aborted", "committed", "rolled-back", "pruned")
+
+
+@dataclass
+class Journal:
+    id: str
+    state: str
+    source: str
+    canonical: str
+    bulk: str
+    legacy: str
+    env_file: str
+    unit: str
+    same_fs: bool
+    started: str
+    verified: dict[str, int] = field(default_factory=dict)
+    manifests: dict[str, str] = field(default_factory=dict)
+    tags_before: dict[str, str] = field(default_factory=dict)
+    tags_from: str = "store"  # "server" when /api/tags answered before the migration: the post-check asks it again
+    service_was_active: bool = False
+    env_backup: str = ""
+    switched: list[list[str]] = field(default_factory=list)  # [step, how], in the order taken
+    backups: dict[str, str] = field(default_factory=dict)
+    finished: str = ""
+    message: str = ""
+
+    @property
+    def interrupted(self) -> bool:
+        return self.state not in FINAL
+
+    def save(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        replace_file(state_dir / JOURNAL_NAME, json.dumps(asdict(self), indent=1, sort_keys=True).encode())
+
+    def finish(self, state_dir: Path, state: str, message: str) -> None:
+        self.state, self.message, self.finished = state, message, now_iso()
+        self.save(state_dir)
+
+
+def load(state_dir: Path) -> Journal | None:
+    path = state_dir / JOURNAL_NAME
+    try:
+        data = json.loads(path.read_bytes())
+        return Journal(**data)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        raise Failed(f"{path}: the migration journal cannot be read ({exc}); move it aside to start over") from None
+
+
+def archive(state_dir: Path, journal: Journal) -> None:
+    """Keep a finished journal under its id, so a new migration starts with a fresh one."""
+    os.replace(state_dir / JOURNAL_NAME, state_dir / f"migration-{journal.id}.json")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

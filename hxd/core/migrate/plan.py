@@ -1,0 +1,298 @@
+"""The migration plan (``hxctl migrate --dry-run``): what moves where, and every reason to refuse, before any write.
+
+A refusal is a ``Failed`` whose message starts with "refused:" and says what to change. The plan is recomputed at
+the start of a run, so nothing the dry run saw can be stale.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import pwd
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hxd.core.config import Config
+from hxd.core.envfile import read_envfile
+from hxd.core.errors import Failed, Unreadable
+from hxd.core.store import Store, StoreError
+
+BLOB_NAME = re.compile(r"sha256-[0-9a-f]{64}")
+STAGING = ".hxd-staging"
+# Free space kept beyond the bytes to copy: 5 %, at least 1 GiB (a full disk breaks Ollama's own writes too).
+_MARGIN_FRACTION, _MARGIN_MIN = 0.05, 1 << 30
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The paths a migration works on: the config's, or a call's overrides."""
+
+    source: Path
+    canonical: Path
+    bulk: Path
+    legacy: Path
+    env_file: Path
+
+
+@dataclass
+class Plan:
+    targets: Targets
+    same_fs: bool
+    blobs: dict[str, int]  # name -> size, every valid blob in the source
+    manifests: list[str]  # paths relative to manifests/
+    skipped: list[str]  # partial and temporary downloads, and other non-digest names in blobs/
+    unreferenced: list[str]  # valid blobs no manifest references (copied anyway: nothing is lost)
+    present: dict[str, int]  # blobs already in bulk/blobs (an earlier, interrupted run)
+    bytes_total: int
+    bytes_to_copy: int
+    free_bytes: int
+    owner: tuple[str, str, int, int]  # user, group, uid, gid
+    steps: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        """The plan as plain values, for D-Bus, JSON and the dry-run table."""
+        t = self.targets
+        return {
+            "source": str(t.source),
+            "canonical": str(t.canonical),
+            "bulk": str(t.bulk),
+            "legacy": str(t.legacy),
+            "env_file": str(t.env_file),
+            "same_filesystem": self.same_fs,
+            "blobs": len(self.blobs),
+            "manifests": len(self.manifests),
+            "skipped": sorted(self.skipped),
+            "unreferenced": sorted(self.unreferenced),
+            "already_present": len(self.present),
+            "bytes_total": self.bytes_total,
+            "bytes_to_copy": self.bytes_to_copy,
+            "free_bytes": self.free_bytes,
+            "owner": f"{self.owner[0]}:{self.owner[1]}",
+            "steps": self.steps,
+        }
+
+
+def targets(config: Config, overrides: dict[str, str]) -> Targets:
+    """The configured paths with a call's overrides; the source defaults to what OLLAMA_MODELS names."""
+    paths = {
+        "canonical": config.paths.canonical,
+        "bulk": config.paths.bulk,
+        "legacy": config.paths.legacy,
+        "env_file": config.paths.env_file,
+    }
+    for key, value in overrides.items():
+        if not Path(value).is_absolute():
+            raise Failed(f"refused: {key} must be an absolute path, got {value!r}")
+    paths.update({k: Path(v) for k, v in overrides.items() if k != "source"})
+    if "source" in overrides:
+        source = Path(overrides["source"])
+    else:
+        try:
+            models = read_envfile(paths["env_file"]).environment.get("OLLAMA_MODELS")
+        except Unreadable:
+            models = None
+        source = Path(models) if models else paths["legacy"]
+    return Targets(source=source, **paths)
+
+
+def make_plan(config: Config, t: Targets, *, resuming: bool = False) -> Plan:
+    """Inspect everything and refuse early; ``resuming`` accepts blobs an earlier run left in bulk storage."""
+    source = _resolve(t.source, "source")
+    for name, path in (("canonical", t.canonical), ("bulk", t.bulk), ("legacy", t.legacy)):
+        _resolve(path, name, must_exist=False)
+    if not source.is_dir():
+        raise Failed(f"refused: the source store {t.source} does not exist; pass --source or fix OLLAMA_MODELS")
+    store = Store(source)
+    if not (store.blobs_dir.is_dir() and store.manifests_dir.is_dir()):
+        raise Failed(f"refused: {source} is not an Ollama store (no blobs/ and manifests/ in it)")
+    bulk = Path(os.path.realpath(t.bulk))
+    if bulk == source or _inside(bulk, source) or _inside(source, bulk):
+        if Path(os.path.realpath(t.bulk / "blobs")) == Path(os.path.realpath(store.blobs_dir)):
+            raise Failed(f"refused: {t.source} already is the canonical layout (its blobs are in {t.bulk})")
+        raise Failed(f"refused: the source {source} and the bulk storage {bulk} contain each other; pick another bulk")
+    if t.canonical.is_symlink():
+        raise Failed(f"refused: {t.canonical} is a symlink; the canonical path must be a directory (or not exist)")
+    if os.path.realpath(t.legacy) != str(source) and _has_other_data(t.legacy):
+        raise Failed(f"refused: the legacy path {t.legacy} holds data that is not the source store; move it aside")
+    blobs, skipped = _blobs(store)
+    manifests, referenced = _manifests(store)
+    present = _present(t.bulk, blobs, resuming)
+    if not resuming:
+        _refuse_other_data(t)
+    same_fs = _device(store.blobs_dir) == _device(t.bulk)
+    to_copy = 0 if same_fs else sum(size for name, size in blobs.items() if name not in present)
+    free = _free(t.bulk)
+    needed = to_copy + max(int(to_copy * _MARGIN_FRACTION), _MARGIN_MIN) if to_copy else 0
+    if needed > free:
+        raise Failed(f"refused: {t.bulk} has {_gib(free)} free; copying needs {_gib(needed)} with a safety margin")
+    owner = _owner(config)
+    _refuse_untraversable(owner, [t.bulk, t.canonical])
+    plan = Plan(
+        t,
+        same_fs,
+        blobs,
+        manifests,
+        skipped,
+        sorted(set(blobs) - referenced),
+        present,
+        sum(blobs.values()),
+        to_copy,
+        free,
+        owner,
+    )
+    plan.steps = _steps(plan, config.ollama.unit)
+    return plan
+
+
+def _resolve(path: Path, name: str, must_exist: bool = True) -> Path:
+    """Resolve symlinks, naming the path on a loop; a missing path resolves as far as it exists."""
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:
+        if not must_exist:
+            return Path(os.path.realpath(path))
+        raise Failed(f"refused: the {name} path {path} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Failed(f"refused: the {name} path {path} is a symlink loop") from None
+        raise Failed(f"refused: the {name} path {path} cannot be resolved: {exc.strerror}") from None
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    return parent in path.parents
+
+
+def _has_other_data(path: Path) -> bool:
+    """True for a real, non-empty directory or a file: something a symlink must not replace."""
+    if path.is_symlink() or not os.path.lexists(path):
+        return False
+    return not path.is_dir() or any(path.iterdir())
+
+
+def _blobs(store: Store) -> tuple[dict[str, int], list[str]]:
+    blobs: dict[str, int] = {}
+    skipped: list[str] = []
+    with os.scandir(store.blobs_dir) as entries:
+        for entry in entries:
+            if BLOB_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                blobs[entry.name] = entry.stat(follow_symlinks=False).st_size
+            else:
+                skipped.append(entry.name)
+    return blobs, skipped
+
+
+def _manifests(store: Store) -> tuple[list[str], set[str]]:
+    manifests: list[str] = []
+    referenced: set[str] = set()
+    for path in store.manifest_files():
+        try:
+            manifest = store.read_manifest(path)
+        except StoreError as exc:
+            raise Failed(f"refused: {exc}; fix or remove that manifest first") from None
+        manifests.append(str(path.relative_to(store.manifests_dir)))
+        referenced.update(layer.blob_name for layer in manifest.layers)
+    missing = sorted(referenced - {p.name for p in store.blobs_dir.iterdir()})
+    if missing:
+        raise Failed(
+            f"refused: the source store is incomplete: {missing[0]} is referenced but missing "
+            f"({len(missing)} in all); re-pull the affected models first"
+        )
+    return manifests, referenced
+
+
+def _present(bulk: Path, blobs: dict[str, int], resuming: bool) -> dict[str, int]:
+    """Blobs already in bulk/blobs with the right size (from an interrupted run); verified again unless journaled."""
+    if not resuming:
+        return {}
+    found: dict[str, int] = {}
+    for name, size in blobs.items():
+        try:
+            if (bulk / "blobs" / name).stat().st_size == size:
+                found[name] = size
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def _refuse_other_data(t: Targets) -> None:
+    """A fresh migration writes into empty (or absent) bulk directories and an empty canonical directory only."""
+    for part in ("blobs", "manifests"):
+        directory = t.bulk / part
+        if directory.is_dir() and any(directory.iterdir()):
+            raise Failed(f"refused: {directory} already holds data; empty it, or resume the migration that left it")
+    for sub in (t.bulk / STAGING,):
+        if sub.exists():
+            raise Failed(f"refused: {sub} exists from an earlier migration; resume it (hxctl migrate --resume)")
+    if t.canonical.is_dir():
+        for entry in t.canonical.iterdir():
+            if entry.name in ("blobs", "manifests") and entry.is_symlink():
+                continue
+            if Path(os.path.realpath(t.canonical)) == Path(os.path.realpath(t.source)):
+                continue  # the store itself lives at the canonical path (llm-02): its subdirectories get swapped
+            raise Failed(f"refused: {t.canonical} holds {entry.name}, which is not part of the canonical layout")
+
+
+def _device(path: Path) -> int:
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    return existing.stat().st_dev
+
+
+def _free(path: Path) -> int:
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    st = os.statvfs(existing)
+    return st.f_bavail * st.f_frsize
+
+
+def _owner(config: Config) -> tuple[str, str, int, int]:
+    user, group = config.ollama.user, config.ollama.group
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise Failed(f"refused: the Ollama account {user}:{group} does not exist; set ollama.user/group") from None
+    return user, group, uid, gid
+
+
+def _refuse_untraversable(owner: tuple[str, str, int, int], paths: list[Path]) -> None:
+    """Every existing ancestor of the new paths must let the Ollama user through, or Ollama cannot open its store."""
+    _, _, uid, gid = owner
+    groups = {gid, *(g.gr_gid for g in grp.getgrall() if owner[0] in g.gr_mem)}
+    for path in paths:
+        for parent in reversed(path.parents):
+            if not parent.exists():
+                break
+            st = parent.stat()
+            bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid in groups else stat.S_IXOTH
+            if uid != 0 and not st.st_mode & bit:
+                raise Failed(
+                    f"refused: {parent} ({stat.filemode(st.st_mode)}) does not let {owner[0]} through; "
+                    f"chmod o+x {parent} or pick another path"
+                )
+
+
+def _steps(plan: Plan, unit: str) -> list[str]:
+    t = plan.targets
+    how = "hard-link (same filesystem: no bytes copied)" if plan.same_fs else "copy, hashing every byte"
+    return [
+        f"{how} {len(plan.blobs) - len(plan.present)} blobs ({_gib(plan.bytes_total)}) from {t.source}/blobs "
+        f"to {t.bulk}/blobs via {t.bulk}/{STAGING}, while Ollama keeps serving",
+        f"copy {len(plan.manifests)} manifests byte for byte (mtimes kept) to {t.bulk}/manifests",
+        "verify: every manifest's blobs present with the right size, every copied blob's sha256 equal to its name",
+        f"set owner {plan.owner[0]}:{plan.owner[1]} on everything copied",
+        f"stop {unit} (systemd), copy what changed since the first copy",
+        f"switch: {t.canonical}/blobs -> {t.bulk}/blobs, {t.canonical}/manifests -> {t.bulk}/manifests, "
+        f"{t.legacy} -> {t.canonical} (the old directory is kept as a backup), OLLAMA_MODELS={t.canonical} "
+        f"in {t.env_file}",
+        f"start {unit}; check that /api/tags lists the same models with the same digests, else roll back",
+    ]
+
+
+def _gib(size: int) -> str:
+    return f"{size / (1 << 30):.2f} GiB"

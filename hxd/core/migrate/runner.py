@@ -1,0 +1,422 @@
+"""Running, resuming, rolling back and pruning a migration. Blocking: the daemon runs these in a worker thread.
+
+Phases and journal states:
+1. ``copying``: blobs, then manifests, into bulk storage while Ollama keeps serving from the source;
+2. ``verified``: every manifest's blobs present with the manifest's size, every copied blob hashed to its name;
+3. ``stopped``: Ollama's unit stopped; what changed since phase 1 is copied and verified;
+4. ``switching``: canonical symlinks, the legacy path, OLLAMA_MODELS (each step journaled before it is taken);
+5. ``started``: the unit started again; then the post-check (the same models with the same digests in
+   /api/tags), ``committed`` if it holds, an automatic rollback if it does not.
+Every step is idempotent, so ``resume`` simply runs the remaining ones again after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from hxd.core.atomic import replace_file
+from hxd.core.config import Config
+from hxd.core.envfile import set_variable
+from hxd.core.errors import Cancelled, Failed
+from hxd.core.jobs import JobControl
+from hxd.core.migrate import journal as journals
+from hxd.core.migrate.copy import Ownership, copy_blob, copy_manifest, ensure_dir, link_blob
+from hxd.core.migrate.journal import Journal
+from hxd.core.migrate.plan import STAGING, Plan, Targets, make_plan, targets
+from hxd.core.migrate.switch import point, undo
+from hxd.core.modelref import parse_ref
+from hxd.core.ollama_api import OllamaUnavailable, list_models
+from hxd.core.service import ServiceController
+from hxd.core.store import Store, StoreError, sha256_file
+
+log = structlog.get_logger("hxd.migrate")
+
+_WORKERS = 2  # blob copies in parallel: hashing releases the GIL, and these machines have two cores
+_POST_CHECK_TIMEOUT_SEC = 120.0
+
+
+@dataclass
+class Migration:
+    """One node's migration state directory and the means to act: config, service controller, job control."""
+
+    config: Config
+    controller: ServiceController
+    control: JobControl
+
+    @property
+    def state_dir(self) -> Path:
+        return self.config.paths.state_dir
+
+    # --- plan and run ---------------------------------------------------------------------------------------
+
+    def plan(self, overrides: dict[str, str]) -> Plan:
+        current = journals.load(self.state_dir)
+        if current is not None and current.interrupted:
+            return make_plan(self.config, _targets(current), resuming=True)
+        return make_plan(self.config, targets(self.config, overrides))
+
+    def run(self, overrides: dict[str, str], *, resume: bool) -> dict[str, Any]:
+        started = time.monotonic()
+        journal = self._journal(overrides, resume)
+        plan = make_plan(self.config, _targets(journal), resuming=resume)
+        owner = _ownership(self.config, plan)
+        try:
+            return self._run(journal, plan, owner, started)
+        except OSError as exc:
+            where = exc.filename or journal.bulk
+            raise Failed(
+                f"{where}: {exc.strerror}; migration {journal.id} stopped in phase {journal.state} "
+                "(see hxctl status): fix that, then hxctl migrate --resume or hxctl rollback"
+            ) from None
+
+    def _run(self, journal: Journal, plan: Plan, owner: Ownership, started: float) -> dict[str, Any]:
+        try:
+            if journal.state == "copying":
+                self._copy(journal, plan, owner)
+                self._verify(journal)
+                journal.state = "verified"
+                journal.save(self.state_dir)
+            if journal.state == "verified":
+                self.control.update(phase="stop", message=f"stopping {journal.unit}")
+                if journal.service_was_active:
+                    self.controller.stop(journal.unit)
+                journal.state = "stopped"
+                journal.save(self.state_dir)
+        except (Failed, Cancelled) as exc:
+            if journal.state in ("copying", "verified"):  # nothing switched: the source serves as before
+                log.warning("migration stopped before the switch", error=str(exc))
+            raise
+        stop_time = time.monotonic()
+        if journal.state == "stopped":
+            self._catch_up(journal, owner)
+            journal.state = "switching"
+            journal.save(self.state_dir)
+        if journal.state == "switching":
+            self._switch(journal, owner)
+            if journal.service_was_active:
+                self.control.update(phase="start", message=f"starting {journal.unit}")
+                self.controller.start(journal.unit)
+            journal.state = "started"
+            journal.save(self.state_dir)
+        downtime = time.monotonic() - stop_time
+        problem = self._post_check(journal)
+        if problem:
+            self._undo(journal)
+            journal.finish(self.state_dir, "rolled-back", f"post-check failed, rolled back: {problem}")
+            raise Failed(f"post-check failed, so the migration was rolled back: {problem}")
+        shutil.rmtree(Path(journal.bulk) / STAGING, ignore_errors=True)
+        journal.finish(self.state_dir, "committed", "committed")
+        return {
+            "id": journal.id,
+            "blobs": len(journal.verified),
+            "manifests": len(journal.manifests),
+            "bytes": sum(journal.verified.values()),
+            "same_filesystem": journal.same_fs,
+            "seconds": round(time.monotonic() - started, 3),
+            "service_down_seconds": round(downtime, 3),
+            "canonical": journal.canonical,
+            "backups": sorted(journal.backups.values()),
+        }
+
+    def _journal(self, overrides: dict[str, str], resume: bool) -> Journal:
+        current = journals.load(self.state_dir)
+        if resume:
+            if current is None or not current.interrupted:
+                raise Failed("there is no interrupted migration to resume")
+            log.info("resuming migration", id=current.id, state=current.state)
+            return current
+        if current is not None and current.interrupted:
+            raise Failed(
+                f"migration {current.id} was interrupted ({current.state}): run hxctl migrate --resume, "
+                "or hxctl rollback"
+            )
+        plan = make_plan(self.config, targets(self.config, overrides))
+        if current is not None:
+            journals.archive(self.state_dir, current)
+        t = plan.targets
+        journal = Journal(
+            id=journals.new_id(),
+            state="copying",
+            source=str(Path(os.path.realpath(t.source))),
+            canonical=str(t.canonical),
+            bulk=str(t.bulk),
+            legacy=str(t.legacy),
+            env_file=str(t.env_file),
+            unit=self.config.ollama.unit,
+            same_fs=plan.same_fs,
+            started=journals.now_iso(),
+            service_was_active=self.controller.is_active(self.config.ollama.unit),
+        )
+        journal.tags_before, journal.tags_from = self._tags_before(journal)
+        journal.env_backup = self._backup_env(journal)
+        journal.save(self.state_dir)
+        return journal
+
+    def _tags_before(self, journal: Journal) -> tuple[dict[str, str], str]:
+        """What the post-check expects, and from where: the server's list if it answers, else the source store's."""
+        if journal.service_was_active:
+            try:
+                return list_models(self.config.ollama.url), "server"
+            except OllamaUnavailable as exc:
+                log.warning("Ollama does not list its models; the post-check will compare stores", error=str(exc))
+        return _store_tags(Store(Path(journal.source))), "store"
+
+    def _backup_env(self, journal: Journal) -> str:
+        env = Path(journal.env_file)
+        backup = self.state_dir / f"migration-{journal.id}-{env.name}"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        replace_file(backup, env.read_bytes(), like=env.stat())
+        return str(backup)
+
+    # --- phases 1 and 2 -------------------------------------------------------------------------------------------
+
+    def _copy(self, journal: Journal, plan: Plan, owner: Ownership) -> None:
+        bulk = Path(journal.bulk)
+        for directory in (bulk / "blobs", bulk / "manifests", bulk / STAGING):
+            ensure_dir(directory, owner)
+        todo = {name: size for name, size in plan.blobs.items() if name not in journal.verified}
+        self.control.update(
+            phase="copy",
+            bytes_total=sum(plan.blobs.values()),
+            items_total=len(plan.blobs),
+            bytes_done=sum(journal.verified.values()),
+            items_done=len(journal.verified),
+            message=f"{len(todo)} blobs to {'link' if journal.same_fs else 'copy'}",
+        )
+        self._put_blobs(journal, owner, todo, plan.present)
+        self.control.check()
+        self.control.update(phase="manifests", message=f"{len(plan.manifests)} manifests")
+        self._put_manifests(journal, owner, plan.manifests)
+
+    def _put_blobs(self, journal: Journal, owner: Ownership, todo: dict[str, int], present: dict[str, int]) -> None:
+        source, bulk = Path(journal.source) / "blobs", Path(journal.bulk)
+        lock = threading.Lock()
+
+        def one(name: str) -> None:
+            if self.control.cancelled:
+                return
+            target = bulk / "blobs" / name
+            if journal.same_fs:
+                link_blob(source / name, bulk / "blobs", name, owner)
+                self.control.advance(bytes_done=todo[name])
+            elif name in present and sha256_file(target) == name.removeprefix("sha256-"):
+                self.control.advance(bytes_done=todo[name])  # left complete by an interrupted run
+            else:
+                copy_blob(source / name, bulk / STAGING, bulk / "blobs", name, owner, self.control)
+                if self.control.cancelled:
+                    return
+            with lock:
+                journal.verified[name] = todo[name]
+                journal.save(self.state_dir)
+            self.control.advance(items_done=1)
+
+        _parallel(one, sorted(todo, key=lambda n: -todo[n]))
+
+    def _put_manifests(self, journal: Journal, owner: Ownership, manifests: list[str]) -> None:
+        source, bulk = Path(journal.source) / "manifests", Path(journal.bulk)
+        for relative in manifests:
+            journal.manifests[relative] = copy_manifest(
+                source / relative, bulk / STAGING, bulk / "manifests" / relative, owner
+            )
+        journal.save(self.state_dir)
+
+    def _verify(self, journal: Journal) -> None:
+        """Every manifest in bulk storage has all its blobs, with the manifest's sizes (their hashes were checked)."""
+        self.control.update(phase="verify", message="checking that every model is complete")
+        store = Store(Path(journal.bulk))
+        for path in store.manifest_files():
+            try:
+                manifest = store.read_manifest(path)
+            except StoreError as exc:
+                raise Failed(f"verify: {exc}") from None
+            for layer in manifest.layers:
+                if journal.verified.get(layer.blob_name) != layer.size:
+                    raise Failed(
+                        f"verify: {manifest.name} needs {layer.blob_name} ({layer.size} bytes), which was "
+                        "not copied and verified; nothing was switched"
+                    )
+
+    # --- phases 3 and 4 -------------------------------------------------------------------------------------------
+
+    def _catch_up(self, journal: Journal, owner: Ownership) -> None:
+        """With Ollama stopped, bring over what changed while it served: new blobs, new or changed manifests."""
+        self.control.update(phase="catch-up", message="copying what changed while Ollama served")
+        plan = make_plan(self.config, _targets(journal), resuming=True)
+        todo = {name: size for name, size in plan.blobs.items() if name not in journal.verified}
+        self._put_blobs(journal, owner, todo, plan.present)
+        self.control.check()
+        source = Store(Path(journal.source))
+        changed = [m for m in plan.manifests if journal.manifests.get(m) != sha256_file(source.manifests_dir / m)]
+        self._put_manifests(journal, owner, changed)
+        for gone in sorted(set(journal.manifests) - set(plan.manifests)):
+            (Path(journal.bulk) / "manifests" / gone).unlink(missing_ok=True)
+            del journal.manifests[gone]
+        journal.save(self.state_dir)
+        self._verify(journal)
+
+    def _switch(self, journal: Journal, owner: Ownership) -> None:
+        """Each step is written to the journal (with how it will be undone) before it is taken."""
+        self.control.update(phase="switch", message="switching to the canonical layout")
+        canonical, bulk, legacy = Path(journal.canonical), Path(journal.bulk), Path(journal.legacy)
+        if not canonical.exists():
+            self._record(journal, "canonical", "created-dir")
+            ensure_dir(canonical, owner)
+        for part in ("blobs", "manifests"):
+            link, backup = canonical / part, canonical / f".hxd-backup-{journal.id}-{part}"
+            self._record(journal, f"canonical-{part}", _how(link, bulk / part), backup)
+            point(link, bulk / part, backup)
+        if legacy != canonical:
+            backup = legacy.with_name(f"{legacy.name}.hxd-backup-{journal.id}")
+            self._record(journal, "legacy", _how(legacy, canonical), backup)
+            point(legacy, canonical, backup)
+        self._record(journal, "env", "set")
+        set_variable(Path(journal.env_file), "OLLAMA_MODELS", str(canonical))
+
+    def _record(self, journal: Journal, step: str, how: str, backup: Path | None = None) -> None:
+        """Journal a switch step and how to undo it, durably, before it is taken (once: a resume repeats steps)."""
+        if any(done[0] == step for done in journal.switched):
+            return
+        journal.switched.append([step, how])
+        if backup is not None:
+            journal.backups[step] = str(backup)
+        journal.save(self.state_dir)
+
+    # --- phase 5 ----------------------------------------------------------------------------------------------
+
+    def _post_check(self, journal: Journal) -> str:
+        """'' when the new layout serves the same models with the same digests, else what differs."""
+        self.control.update(phase="post-check", message="comparing the served models with the list from before")
+        expected = journal.tags_before
+        if journal.tags_from == "store":
+            actual = _store_tags(Store(Path(journal.canonical)))
+        else:
+            deadline = time.monotonic() + _POST_CHECK_TIMEOUT_SEC
+            while True:
+                try:
+                    actual = list_models(self.config.ollama.url)
+                    break
+                except OllamaUnavailable as exc:
+                    if time.monotonic() > deadline:
+                        return f"Ollama did not answer within {_POST_CHECK_TIMEOUT_SEC:.0f} s ({exc})"
+                    time.sleep(0.2)
+        if actual == expected:
+            return ""
+        missing = sorted(set(expected) - set(actual))
+        changed = sorted(k for k in expected if k in actual and actual[k] != expected[k])
+        return f"missing {missing or 'none'}, changed digests {changed or 'none'}"
+
+    # --- rollback and prune -----------------------------------------------------------------------------------
+
+    def rollback(self) -> dict[str, Any]:
+        journal = journals.load(self.state_dir)
+        if journal is None or journal.state in ("rolled-back", "pruned", "aborted"):
+            raise Failed(
+                "there is no migration to roll back"
+                if journal is None
+                else f"migration {journal.id} is {journal.state}: nothing to roll back"
+            )
+        self.control.update(phase="rollback", message=f"rolling back migration {journal.id}")
+        self._undo(journal)
+        journal.finish(self.state_dir, "rolled-back", "rolled back")
+        return {"id": journal.id, "undone": [step for step, _ in reversed(journal.switched)]}
+
+    def _undo(self, journal: Journal) -> None:
+        stopped = journal.state in ("stopped", "switching", "started", "committed")
+        if journal.switched and journal.service_was_active:
+            self.controller.stop(journal.unit)
+        for step, how in reversed(journal.switched):
+            if step == "env":
+                env = Path(journal.env_file)
+                replace_file(env, Path(journal.env_backup).read_bytes(), like=env.stat())
+            elif step == "canonical":
+                _remove_if_empty(Path(journal.canonical))
+            else:
+                link = Path(journal.legacy) if step == "legacy" else Path(journal.canonical) / step.split("-", 1)[1]
+                undo(link, Path(journal.backups[step]), how)
+        if stopped and journal.service_was_active:
+            self.controller.start(journal.unit)
+
+    def prune_source(self) -> dict[str, Any]:
+        """After a committed migration: delete the old store (the backups the switch kept). Rollback ends here."""
+        journal = journals.load(self.state_dir)
+        if journal is None or journal.state != "committed":
+            raise Failed("--prune-source needs a committed migration (see hxctl status); nothing was deleted")
+        self.control.update(phase="prune", message="deleting the old store")
+        removed = [path for path in journal.backups.values() if os.path.lexists(path)]
+        if Path(journal.source) not in (Path(journal.legacy), Path(journal.canonical)) and os.path.isdir(
+            journal.source
+        ):
+            removed.append(journal.source)
+        for path in removed:
+            if os.path.islink(path):
+                os.unlink(path)
+            else:
+                shutil.rmtree(path)
+        journal.finish(self.state_dir, "pruned", f"pruned {len(removed)} paths")
+        return {"id": journal.id, "removed": removed}
+
+
+def interrupted(state_dir: Path) -> str:
+    """'' or a line for Status(): an interrupted migration and what to run."""
+    try:
+        journal = journals.load(state_dir)
+    except Failed as exc:
+        return str(exc)
+    if journal is None or not journal.interrupted:
+        return ""
+    return f"migration {journal.id} interrupted ({journal.state}): run `hxctl migrate --resume` or `hxctl rollback`"
+
+
+def _targets(journal: Journal) -> Targets:
+    return Targets(
+        Path(journal.source), Path(journal.canonical), Path(journal.bulk), Path(journal.legacy), Path(journal.env_file)
+    )
+
+
+def _ownership(config: Config, plan: Plan) -> Ownership:
+    _, _, uid, gid = plan.owner
+    return Ownership(uid, gid, int(config.audit.file_mode, 8), int(config.audit.dir_mode, 8))
+
+
+def _how(link: Path, target: Path) -> str:
+    """How ``point`` will change ``link`` (so the journal holds the undo before the change happens)."""
+    if link.is_symlink() and Path(os.readlink(link)) == target:
+        return "unchanged"
+    if not os.path.lexists(link):
+        return "created"
+    return "replaced" if link.is_symlink() else "exchanged"
+
+
+def _store_tags(store: Store) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for path in store.manifest_files():
+        try:
+            manifest = store.read_manifest(path)
+        except StoreError:
+            continue
+        tags[parse_ref(manifest.name).key] = manifest.digest
+    return tags
+
+
+def _remove_if_empty(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+
+
+def _parallel(work: Callable[[str], None], items: list[str]) -> None:
+    """Run ``work`` on every item with a few threads; the first exception is raised once all have stopped."""
+    with ThreadPoolExecutor(_WORKERS, thread_name_prefix="hxd-migrate") as pool:
+        futures = [pool.submit(work, item) for item in items]
+    for future in futures:
+        future.result()

@@ -1,0 +1,318 @@
+"""Migration on real directories and real filesystems: plan and refusals, copy and link, switch, post-check,
+rollback, resume, corruption, a disk filling up, permissions, cancellation."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from migrate_support import (
+    FakeController,
+    StubService,
+    free_port,
+    make_legacy_node,
+    node_config,
+    old_store,
+    readable_models,
+    snapshot,
+)
+
+from hxd.core.config import Config
+from hxd.core.envfile import read_envfile
+from hxd.core.errors import Cancelled, Failed
+from hxd.core.jobs import JobControl, JobState
+from hxd.core.migrate import journal as journals
+from hxd.core.migrate.plan import make_plan, targets
+from hxd.core.migrate.runner import Migration, interrupted
+from hxd.core.validate import Options, validate
+from hxd.samplestore import blob_path, sha256_digest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ollama_account() -> None:
+    """The account the migrated files belong to, created as Ollama's installer does."""
+    if subprocess.run(["getent", "passwd", "ollama"], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "ollama"], check=True)
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """Like pytest's, but under a directory the ollama user can traverse (pytest's root is 0700), as on a node."""
+    root = Path(tempfile.mkdtemp(prefix="hxd-migrate-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A second filesystem for bulk storage, so blobs are copied (not linked)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g,mode=0755", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def run(config: Config, controller: object | None = None, **kwargs: object) -> tuple[dict[str, object], JobControl]:
+    control = JobControl("migrate")
+    result = Migration(config, controller or FakeController(), control).run({}, resume=bool(kwargs.get("resume")))
+    return result, control
+
+
+def test_dry_run_plan(tmp_path: Path, tmpfs: Path) -> None:
+    config = node_config(tmp_path, tmpfs / "bulk")
+    make_legacy_node(config)
+    plan = make_plan(config, targets(config, {}))
+    summary = plan.summary()
+    assert summary["source"] == str(config.paths.legacy)
+    assert summary["same_filesystem"] is False
+    assert (summary["blobs"], summary["manifests"]) == (6, 3)  # 3 weights, template, license, a shared config
+    assert summary["bytes_to_copy"] == summary["bytes_total"] > 0
+    assert summary["owner"] == "ollama:ollama"
+    assert any("stop ollama.service" in step for step in plan.steps)
+    assert not (tmpfs / "bulk").exists()  # a dry run writes nothing
+
+
+def test_copy_migration_end_to_end(tmp_path: Path, tmpfs: Path) -> None:
+    config = node_config(tmp_path, tmpfs / "bulk")
+    make_legacy_node(config)
+    before = snapshot(config.paths.legacy)
+    models_before = readable_models(config.paths.legacy)
+    controller = FakeController()
+    result, control = run(config, controller)
+    p = config.paths
+    assert Path(os.readlink(p.canonical / "blobs")) == p.bulk / "blobs"
+    assert Path(os.readlink(p.canonical / "manifests")) == p.bulk / "manifests"
+    assert Path(os.readlink(p.legacy)) == p.canonical
+    assert read_envfile(p.env_file).environment["OLLAMA_MODELS"] == str(p.canonical)
+    assert snapshot(p.bulk) == before  # every byte, and manifest mtimes
+    assert snapshot(old_store(config)) == before  # the source is kept whole as the backup
+    assert readable_models(p.canonical) == readable_models(p.legacy) == models_before
+    assert controller.calls == ["is_active ollama.service", "stop ollama.service", "start ollama.service"]
+    assert result["blobs"] == 6 and result["same_filesystem"] is False
+    assert control.state.bytes_done == control.state.bytes_total > 0
+    ollama = pwd.getpwnam("ollama")
+    for path in (p.bulk / "blobs").iterdir():
+        st = path.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (ollama.pw_uid, grp.getgrnam("ollama").gr_gid, 0o644)
+    report = validate(read_envfile(p.env_file), "env", config, Options(store=True, deep=True))
+    assert [f.code for f in report.findings if f.severity != "info"] == []
+    assert journals.load(p.state_dir).state == "committed"  # type: ignore[union-attr]
+    assert interrupted(p.state_dir) == ""
+
+
+def test_same_filesystem_links_instead_of_copying(tmp_path: Path) -> None:
+    config = node_config(tmp_path)
+    make_legacy_node(config)
+    result, _ = run(config)
+    assert result["same_filesystem"] is True
+    for blob in (config.paths.bulk / "blobs").iterdir():
+        assert os.path.samefile(blob, old_store(config) / "blobs" / blob.name)
+    assert readable_models(config.paths.canonical) == readable_models(old_store(config))
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "refused: the source path"),
+        ("not-a-store", "is not an Ollama store"),
+        ("bulk-inside-source", "contain each other"),
+        ("bulk-has-data", "already holds data"),
+        ("canonical-has-data", "which is not part of the canonical layout"),
+        ("loop", "is a symlink loop"),
+        ("untraversable", "does not let ollama through"),
+        ("no-account", "the Ollama account nobodyhere:ollama does not exist"),
+    ],
+)
+def test_refusals(tmp_path: Path, setup: str, message: str) -> None:
+    config = node_config(tmp_path)
+    make_legacy_node(config)
+    p = config.paths
+    overrides: dict[str, str] = {}
+    if setup == "missing":
+        overrides["source"] = str(tmp_path / "nowhere")
+    elif setup == "not-a-store":
+        (tmp_path / "empty").mkdir()
+        overrides["source"] = str(tmp_path / "empty")
+    elif setup == "bulk-inside-source":
+        overrides["bulk"] = str(p.legacy / "bulk")
+    elif setup == "bulk-has-data":
+        (p.bulk / "blobs").mkdir(parents=True)
+        (p.bulk / "blobs" / "stranger").write_text("x")
+    elif setup == "canonical-has-data":
+        p.canonical.mkdir(parents=True)
+        (p.canonical / "notes.txt").write_text("x")
+    elif setup == "loop":
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
+        overrides["bulk"] = str(tmp_path / "loop")
+    elif setup == "untraversable":
+        (tmp_path / "closed").mkdir(mode=0o700)
+        overrides["bulk"] = str(tmp_path / "closed" / "bulk")
+    elif setup == "no-account":
+        config = config.model_copy(update={"ollama": config.ollama.model_copy(update={"user": "nobodyhere"})})
+    with pytest.raises(Failed, match=message):
+        make_plan(config, targets(config, overrides))
+    with pytest.raises(Failed, match=message):
+        Migration(config, FakeController(), JobControl("migrate")).run(overrides, resume=False)
+    assert not os.path.lexists(p.canonical / "blobs")
+
+
+def test_too_little_space_is_refused(tmp_path: Path) -> None:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        config = node_config(tmp_path, mount / "bulk")
+        make_legacy_node(config)
+        with pytest.raises(Failed, match=r"refused: .* free; copying needs .* with a safety margin"):
+            make_plan(config, targets(config, {}))
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_corrupted_blob_aborts_before_the_switch(tmp_path: Path, tmpfs: Path) -> None:
+    config = node_config(tmp_path, tmpfs / "bulk")
+    make_legacy_node(config)
+    blob = blob_path(config.paths.legacy, sha256_digest(b"qwen3 1.7b weights"))
+    blob.write_bytes(b"qwen3 1.7b weightz")
+    before = snapshot(config.paths.legacy)
+    controller = FakeController()
+    with pytest.raises(Failed, match=f"blob {blob.name} in {blob.parent} is corrupt"):
+        run(config, controller)
+    assert controller.calls == ["is_active ollama.service"]  # never stopped
+    assert not os.path.lexists(config.paths.canonical / "blobs") and not config.paths.legacy.is_symlink()
+    assert snapshot(config.paths.legacy) == before
+    assert not (tmpfs / "bulk" / "blobs" / blob.name).exists()
+
+
+def test_disk_full_during_copy_leaves_the_source_intact(tmp_path: Path, tmpfs: Path) -> None:
+    config = node_config(tmp_path, tmpfs / "bulk")
+    make_legacy_node(config)
+    before = snapshot(config.paths.legacy)
+
+    def shrink(state: JobState, changed: frozenset[str]) -> None:
+        if "phase" in changed and state.phase == "copy":  # the plan saw room; now the disk fills up
+            used = sum(f.stat().st_size for f in (tmpfs).rglob("*") if f.is_file())
+            subprocess.run(["mount", "-o", f"remount,size={max(used, 4096) + 8192}", str(tmpfs)], check=True)
+
+    migration = Migration(config, FakeController(), JobControl("migrate", shrink))
+    with pytest.raises(Failed) as error:
+        migration.run({}, resume=False)
+    assert "no space left" in str(error.value) and "the source is untouched" in str(error.value)
+    assert snapshot(config.paths.legacy) == before
+    assert not config.paths.legacy.is_symlink()
+    assert "interrupted (copying)" in interrupted(config.paths.state_dir)
+    subprocess.run(["mount", "-o", "remount,size=2g", str(tmpfs)], check=True)
+    Migration(config, FakeController(), JobControl("migrate")).run({}, resume=True)
+    assert readable_models(config.paths.canonical) == readable_models(old_store(config))
+
+
+def test_permission_denied_is_clear(tmp_path: Path) -> None:
+    config = node_config(tmp_path)
+    make_legacy_node(config)
+    (config.paths.bulk / "blobs").mkdir(parents=True)
+    subprocess.run(["chattr", "+i", str(config.paths.bulk / "blobs")], check=True)
+    try:
+        with pytest.raises(Failed, match=r"Operation not permitted; migration .* stopped in phase copying"):
+            run(config)
+    finally:
+        subprocess.run(["chattr", "-i", str(config.paths.bulk / "blobs")], check=True)
+    assert not config.paths.legacy.is_symlink()
+
+
+def test_cancel_then_resume(tmp_path: Path, tmpfs: Path) -> None:
+    config = node_config(tmp_path, tmpfs / "bulk")
+    make_legacy_node(config)
+    holder: list[JobControl] = []
+
+    def cancel_at_start(state: JobState, changed: frozenset[str]) -> None:
+        if state.phase == "copy":
+            holder[0].cancel()
+
+    control = JobControl("migrate", cancel_at_start)
+    holder.append(control)
+    controller = FakeController()
+    with pytest.raises(Cancelled):
+        Migration(config, controller, control).run({}, resume=False)
+    assert controller.calls == ["is_active ollama.service"]
+    assert not os.path.lexists(config.paths.canonical / "blobs")
+    with pytest.raises(Failed, match="was interrupted \\(copying\\): run hxctl migrate --resume"):
+        run(config)
+    result, _ = run(config, resume=True)
+    assert result["blobs"] == 6
+    assert readable_models(config.paths.canonical) == readable_models(old_store(config))
+
+
+def test_rollback_restores_everything(tmp_path: Path, tmpfs: Path) -> None:
+    config = node_config(tmp_path, tmpfs / "bulk")
+    make_legacy_node(config)
+    env_before = config.paths.env_file.read_bytes()
+    store_before = snapshot(config.paths.legacy)
+    run(config)
+    controller = FakeController()
+    result = Migration(config, controller, JobControl("rollback")).rollback()
+    p = config.paths
+    assert result["undone"] == ["env", "legacy", "canonical-manifests", "canonical-blobs", "canonical"]
+    assert p.env_file.read_bytes() == env_before
+    assert p.legacy.is_dir() and not p.legacy.is_symlink()
+    assert snapshot(p.legacy) == store_before
+    assert not p.canonical.exists()
+    assert controller.calls == ["stop ollama.service", "start ollama.service"]
+    with pytest.raises(Failed, match="nothing to roll back"):
+        Migration(config, controller, JobControl("rollback")).rollback()
+
+
+def test_post_check_against_the_served_models(tmp_path: Path, tmpfs: Path) -> None:
+    port = free_port()
+    config = node_config(tmp_path, tmpfs / "bulk", url=f"http://127.0.0.1:{port}")
+    make_legacy_node(config)
+    service = StubService(config.paths.env_file, tmp_path, port)
+    service.start("ollama.service")
+    try:
+        result, _ = run(config, service)
+        assert service.calls == ["start ollama.service", "stop ollama.service", "start ollama.service"]
+        assert result["service_down_seconds"] < 5
+    finally:
+        service.stop("ollama.service")
+
+
+def test_failed_post_check_rolls_back(tmp_path: Path, tmpfs: Path) -> None:
+    port = free_port()
+    config = node_config(tmp_path, tmpfs / "bulk", url=f"http://127.0.0.1:{port}")
+    make_legacy_node(config)
+    env_before = config.paths.env_file.read_bytes()
+    (tmp_path / "empty-store" / "blobs").mkdir(parents=True)
+    (tmp_path / "empty-store" / "manifests").mkdir()
+    service = StubService(config.paths.env_file, tmp_path, port)
+    service.start("ollama.service")
+    service.serve_instead = tmp_path / "empty-store"  # after the restart the "service" serves nothing
+    try:
+        with pytest.raises(Failed, match="post-check failed, so the migration was rolled back: missing"):
+            run(config, service)
+    finally:
+        service.stop("ollama.service")
+    assert config.paths.env_file.read_bytes() == env_before
+    assert config.paths.legacy.is_dir() and not config.paths.legacy.is_symlink()
+    assert journals.load(config.paths.state_dir).state == "rolled-back"  # type: ignore[union-attr]
+
+
+def test_prune_source_after_commit(tmp_path: Path, tmpfs: Path) -> None:
+    config = node_config(tmp_path, tmpfs / "bulk")
+    make_legacy_node(config)
+    with pytest.raises(Failed, match="needs a committed migration"):
+        Migration(config, FakeController(), JobControl("prune")).prune_source()
+    run(config)
+    backup = old_store(config)
+    result = Migration(config, FakeController(), JobControl("prune")).prune_source()
+    assert str(backup) in result["removed"]
+    assert not backup.exists()
+    assert readable_models(config.paths.canonical)  # the migrated store is untouched

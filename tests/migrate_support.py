@@ -1,0 +1,140 @@
+"""What the migration tests share: a node before the migration, fake service controllers, the invariant.
+
+The fakes stand in for systemd only (the true edge here): ``FakeController`` records what was asked;
+``StubService`` runs the Ollama stub as "ollama.service", reading OLLAMA_MODELS from the env file at each start as
+systemd's EnvironmentFile= does, on a fixed port so the post-check finds it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hxd.core.config import Config, OllamaConfig, PathsConfig
+from hxd.core.envfile import read_envfile
+from hxd.samplestore import make_node
+from hxd.sandbox import OllamaStub
+
+
+@dataclass
+class FakeController:
+    """A service that is just a flag; ``calls`` records every request in order."""
+
+    active: bool = True
+    calls: list[str] = field(default_factory=list)
+
+    def is_active(self, unit: str) -> bool:
+        self.calls.append(f"is_active {unit}")
+        return self.active
+
+    def stop(self, unit: str) -> None:
+        self.calls.append(f"stop {unit}")
+        self.active = False
+
+    def start(self, unit: str) -> None:
+        self.calls.append(f"start {unit}")
+        self.active = True
+
+
+@dataclass
+class StubService:
+    """The Ollama stub as the unit: started with the environment systemd would give it from the env file."""
+
+    env_file: Path
+    workdir: Path
+    port: int
+    stub: OllamaStub | None = None
+    serve_instead: Path | None = None  # to make a post-check fail: serve this store whatever the env file says
+    calls: list[str] = field(default_factory=list)
+
+    def is_active(self, unit: str) -> bool:
+        return self.stub is not None
+
+    def stop(self, unit: str) -> None:
+        self.calls.append(f"stop {unit}")
+        if self.stub is not None:
+            self.stub.stop()
+            self.stub = None
+
+    def start(self, unit: str) -> None:
+        self.calls.append(f"start {unit}")
+        models = self.serve_instead or Path(read_envfile(self.env_file).environment["OLLAMA_MODELS"])
+        env = {"OLLAMA_HOST": f"127.0.0.1:{self.port}", "OLLAMA_MODELS": str(models), "OLLAMA_NOPRUNE": ""}
+        self.stub = OllamaStub(self.workdir, None).start(env=env)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def node_config(root: Path, bulk: Path | None = None, url: str = "http://127.0.0.1:9") -> Config:
+    """Config for a node under ``root`` (bulk storage elsewhere when given, e.g. on another filesystem)."""
+    paths = PathsConfig(
+        canonical=root / "mnt/active_llm_models",
+        bulk=bulk or root / "data/llm_bulk_storage",
+        legacy=root / "opt/hx-infrastructure/llm-01/models/production",
+        env_file=root / "opt/hx-infrastructure/llm-01/config/ollama/ollama.env",
+        log_dir=root / "var/log/hxd",
+        state_dir=root / "var/lib/hxd",
+    )
+    return Config(paths=paths, ollama=OllamaConfig(url=url, user="ollama", group="ollama"))
+
+
+def make_legacy_node(config: Config) -> dict[str, str]:
+    """llm-01 before the alignment: the store is a real directory at the legacy path."""
+    p = config.paths
+    return make_node(p.canonical, p.bulk, p.legacy, p.env_file, migrated=False)
+
+
+def snapshot(store: Path) -> dict[str, str]:
+    """Every file of a store (manifests and blobs) -> sha256 of its bytes, plus manifest mtimes."""
+    result: dict[str, str] = {}
+    for path in sorted(store.rglob("*")):
+        if path.is_file() and not path.name.endswith(".part"):
+            relative = str(path.relative_to(store))
+            if relative.startswith(("blobs/", "manifests/")):
+                result[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
+                if relative.startswith("manifests/"):
+                    result[relative + "@mtime"] = str(path.stat().st_mtime_ns)
+    return result
+
+
+def readable_models(root: Path) -> dict[str, str]:
+    """Models readable through ``root`` (following symlinks): name -> manifest sha256, only when every blob it
+    references is there with content that hashes to its name."""
+    models: dict[str, str] = {}
+    manifests = root / "manifests"
+    if not manifests.is_dir():
+        return models
+    for path in manifests.glob("*/*/*/*"):
+        data = path.read_bytes()
+        document = json.loads(data)
+        layers = [document["config"], *document["layers"]]
+        if all(_blob_ok(root, layer["digest"]) for layer in layers):
+            models[str(path.relative_to(manifests))] = hashlib.sha256(data).hexdigest()
+    return models
+
+
+def _blob_ok(root: Path, digest: str) -> bool:
+    blob = root / "blobs" / digest.replace(":", "-")
+    try:
+        return hashlib.sha256(blob.read_bytes()).hexdigest() == digest.split(":", 1)[1]
+    except OSError:
+        return False
+
+
+def old_store(config: Config) -> Path:
+    """Where the pre-migration store is now: the legacy directory, or its backup once the legacy path is a link."""
+    legacy = config.paths.legacy
+    if legacy.is_dir() and not legacy.is_symlink():
+        return legacy
+    backups = sorted(legacy.parent.glob(f"{legacy.name}.hxd-backup-*"))
+    real = [b for b in backups if b.is_dir() and not b.is_symlink()]
+    assert real, f"no old store at {legacy} or beside it: {os.listdir(legacy.parent)}"
+    return real[0]

@@ -15,8 +15,10 @@ import random
 import signal
 import socket
 import sys
+from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import sdnotify
 import structlog
@@ -27,10 +29,12 @@ from hxd import log as hxd_log
 from hxd.bus import names
 from hxd.bus.auth import Authority
 from hxd.bus.connection import BUS_HELP, HxdBus, bus_spec, connect, describe
+from hxd.bus.jobs import JobManager
 from hxd.bus.manager import Manager
+from hxd.bus.systemd import SystemdController
 from hxd.core.config import DEFAULT_CONFIG_PATH, dump_config, load_config
 from hxd.core.engine import Engine, Timer
-from hxd.core.errors import InvalidConfig
+from hxd.core.errors import HxdError, InvalidConfig
 from hxd.core.metrics import render
 from hxd.core.schedule import Interval
 from hxd.metrics_server import bind, listen_fds, serve
@@ -39,6 +43,9 @@ log = structlog.get_logger("hxd")
 
 # How long shutdown waits for in-flight calls before it stops anyway (systemd's TimeoutStopSec is 90 s).
 _DRAIN_TIMEOUT_SEC = 20.0
+# How long shutdown waits for running jobs to stop after cancelling them (a migration past its point of no return
+# completes or rolls back first); keep it under systemd's TimeoutStopSec.
+_JOB_STOP_TIMEOUT_SEC = 60.0
 
 
 class Notifier:
@@ -85,7 +92,11 @@ class Daemon:
         try:
             metrics_socket = self._metrics_socket()
             bus = await self._connect()
-            manager = Manager(self.engine, Authority(bus))
+            authority = Authority(bus)
+            jobs = JobManager(bus, authority, lambda: self._jobs_changed(jobs))
+            controller = SystemdController(bus, asyncio.get_running_loop())
+            manager = Manager(self.engine, authority, jobs, controller)
+            self.manager = manager
             bus.export(names.MANAGER_PATH, manager)
             await self._own_name(bus)
         except StartupError as exc:
@@ -106,6 +117,8 @@ class Daemon:
             config=str(self.engine.config_path),
             metrics=_socket_name(metrics_socket),
         )
+        if self.engine.features["migrate"] != "ready":
+            log.warning("an interrupted migration needs attention", detail=self.engine.features["migrate"])
         watchdog = asyncio.create_task(self._watchdog())
         self._schedule()
         disconnected = asyncio.create_task(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
@@ -157,7 +170,8 @@ class Daemon:
         """Release the name first (no new callers reach us), then let calls already received finish."""
         self.engine.set_state("stopping")
         self.notify("STOPPING=1")
-        log.info("stopping", inflight=manager.inflight)
+        log.info("stopping", inflight=manager.inflight, jobs=len(manager.jobs.running()))
+        await manager.jobs.shutdown(_JOB_STOP_TIMEOUT_SEC)
         await bus.release_name(names.BUS_NAME)
         try:
             async with asyncio.timeout(_DRAIN_TIMEOUT_SEC):
@@ -177,6 +191,15 @@ class Daemon:
         log.info("stopped")
         return 0
 
+    def _jobs_changed(self, jobs: JobManager) -> None:
+        summary = {}
+        for path, job in jobs.jobs.items():
+            state = job.state
+            detail = f" ({state.phase}, {state.progress:.0%})" if state.state == "running" else f": {state.message}"
+            summary[path] = f"{state.kind} {state.state}{detail}"
+        self.engine.set_jobs(summary)
+        self.engine.refresh_migration()
+
     def _reload(self) -> None:
         # On failure the engine logs why and shows it in Status(); hxd keeps serving with the old config.
         with contextlib.suppress(InvalidConfig):
@@ -188,6 +211,17 @@ class Daemon:
             self.notify(f"STATUS=hxd {__version__}: {self.engine.state}" + (f" ({message})" if message else ""))
         if self.engine.timers is not self.scheduled and self.engine.state != "stopping":
             self._schedule()
+
+    async def _fire(self, name: str) -> None:
+        """What each timer does. Work runs as jobs in worker threads; a busy node skips a run rather than queue it."""
+        manager = self.manager
+        if name == "audit":
+            if manager.jobs.running():
+                log.info("audit skipped: a job is running", jobs=len(manager.jobs.running()))
+                return
+            await _guarded(name, manager.audit(fix=False))
+        else:
+            log.debug("timer fired", timer=name, feature_state=self.engine.features.get(name))
 
     async def _watchdog(self) -> None:
         """Ping systemd from the event loop itself, so a blocked loop stops the pings and gets hxd restarted."""
@@ -218,10 +252,18 @@ class Daemon:
             self.engine.notify("timers")
             await asyncio.sleep(max(delay, 0))
             timer.last_run = datetime.now(UTC)
-            log.debug("timer fired", timer=timer.name, feature_state=self.engine.features.get(timer.name))
+            await self._fire(timer.name)
             if isinstance(timer.schedule, Interval):
                 # Skip runs missed while the loop was busy instead of firing them in a burst.
                 runs = max(runs + 1, math.floor((loop.time() - start) / timer.schedule.seconds) + 1)
+
+
+async def _guarded(name: str, action: Coroutine[Any, Any, object]) -> None:
+    """A timer's work: its failure is logged and shown in the feature's state, never the end of the timer."""
+    try:
+        await action
+    except HxdError as exc:
+        log.warning("scheduled run failed", timer=name, error=str(exc))
 
 
 def _socket_name(sock: socket.socket | None) -> str:

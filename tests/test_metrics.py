@@ -88,7 +88,8 @@ def test_a_scrape_starts_hxd_and_gets_metrics(activated: tuple[str, NotifySocket
     assert values[("hxd_info", (("node", "sandbox"), ("version", "0.1.0")))] == 1
     assert values[("hxd_state", (("state", "running"),))] == 1
     assert values[("hxd_state", (("state", "degraded"),))] == 0
-    assert values[("hxd_feature_available", (("feature", "migrate"),))] == 0
+    assert values[("hxd_feature_available", (("feature", "migrate"),))] == 1
+    assert values[("hxd_feature_available", (("feature", "smoke"),))] == 0
     assert ("hxd_timer_next_run_timestamp_seconds", (("timer", "smoke"),)) in values
     assert values[("hxd_path_writable", (("path", "canonical"),))] == 1
 

@@ -9,23 +9,43 @@ import os
 from typing import Annotated, Any
 
 from dbus_fast import PropertyAccess, Variant
-from dbus_fast.annotations import DBusDict, DBusSignature, DBusStr, DBusUnixFd
+from dbus_fast.annotations import DBusDict, DBusObjectPath, DBusSignature, DBusStr, DBusUnixFd
 from dbus_fast.service import dbus_property
 
 from hxd.bus import names
 from hxd.bus.auth import Authority
 from hxd.bus.connection import current_message
+from hxd.bus.jobs import JobManager, to_variants
 from hxd.bus.methods import HxdInterface, method, parse_options
+from hxd.core.audit import AuditResult
 from hxd.core.engine import Engine
-from hxd.core.errors import InvalidArgs
+from hxd.core.errors import Cancelled, Failed, InvalidArgs
+from hxd.core.jobs import JobControl
+from hxd.core.migrate.runner import Migration
 from hxd.core.schedule import iso
+from hxd.core.service import ServiceController
 from hxd.core.validate import Options, Report
 
 StrMap = Annotated[dict[str, str], DBusSignature("a{ss}")]
 # (file, loads, findings); a finding is (code, severity, line, key, message, hint).
 ValidateReply = Annotated[tuple[str, bool, list[tuple[str, str, int, str, str, str]]], DBusSignature("sba(ssusss)")]
 VALIDATE_OPTIONS = {"strict": "b", "store": "b", "deep": "b", "server": "b"}
+# (findings, changes): a finding is (code, severity, path, message, hint), a change (path, what, from, to).
+AuditReply = Annotated[
+    tuple[list[tuple[str, str, str, str, str]], list[tuple[str, str, str, str]]], DBusSignature("a(sssss)a(ssss)")
+]
+# Per-call overrides of the configured paths (hxd.toml [paths]) for PlanMigration and Migrate.
+MIGRATE_PATHS = {"source": "s", "canonical": "s", "bulk": "s", "legacy": "s", "env_file": "s"}
 
+# Status() keys that are not strings -> their D-Bus signature.
+_STATUS_SIGNATURES = {
+    "features": "a{ss}",
+    "timers": "a{ss}",
+    "paths": "a{ss}",
+    "jobs": "a{ss}",
+    "last_audit": "a{sv}",
+    "uptime_sec": "d",
+}
 # Engine fact -> property name.
 _PROPERTIES = {
     "version": "Version",
@@ -37,6 +57,8 @@ _PROPERTIES = {
     "features": "Features",
     "timers": "Timers",
     "paths": "Paths",
+    "jobs": "Jobs",
+    "last_audit": "LastAudit",
 }
 
 
@@ -45,9 +67,11 @@ class Manager(HxdInterface):
 
     default_action = names.ACTION_RELOAD
 
-    def __init__(self, engine: Engine, authority: Authority) -> None:
+    def __init__(self, engine: Engine, authority: Authority, jobs: JobManager, controller: ServiceController) -> None:
         super().__init__(names.MANAGER_INTERFACE, authority)
         self.engine = engine
+        self.jobs = jobs
+        self.controller = controller
         # Status() is the hot path: its variants are built once per change of the facts, not once per call.
         self._status_cache: dict[str, Variant] | None = None
         engine.observers.append(self._facts_changed)
@@ -69,6 +93,8 @@ class Manager(HxdInterface):
             "features": status.features,
             "timers": {name: iso(when) for name, when in status.timers.items()},
             "paths": status.paths,
+            "jobs": status.jobs,
+            "last_audit": {k: Variant("s" if isinstance(v, str) else "t", v) for k, v in status.last_audit.items()},
             "uptime_sec": status.uptime_sec,
         }
 
@@ -76,9 +102,8 @@ class Manager(HxdInterface):
     def Status(self) -> DBusDict:
         """Every fact in one reply: version, node, state, uptime_sec, config_path, features, timers, paths, ..."""
         if self._status_cache is None:
-            signatures = {"features": "a{ss}", "timers": "a{ss}", "paths": "a{ss}", "uptime_sec": "d"}
             self._status_cache = {
-                key: Variant(signatures.get(key, "s"), value) for key, value in self._values().items()
+                key: Variant(_STATUS_SIGNATURES.get(key, "s"), value) for key, value in self._values().items()
             }
         reply = dict(self._status_cache)
         reply["uptime_sec"] = Variant("d", self.engine.uptime_sec())
@@ -115,6 +140,61 @@ class Manager(HxdInterface):
         findings = [(f.code, str(f.severity), f.line, f.key, f.message, f.hint) for f in report.findings]
         return report.file, report.loads, findings
 
+    @method(action=names.ACTION_MIGRATE)
+    async def PlanMigration(self, options: DBusDict) -> DBusDict:
+        """What Migrate would do, and every reason it would refuse (Failed, "refused: ..."); writes nothing."""
+        overrides = parse_options(options, MIGRATE_PATHS)
+        plan = await asyncio.to_thread(self._migration(JobControl("plan")).plan, overrides)
+        return to_variants(plan.summary())
+
+    @method(action=names.ACTION_MIGRATE)
+    async def Migrate(self, options: DBusDict) -> DBusObjectPath:
+        """Start the migration (or, with resume b, finish an interrupted one) as a job; returns its path."""
+        values = parse_options(options, {**MIGRATE_PATHS, "resume": "b"})
+        resume = bool(values.pop("resume", False))
+        return self.jobs.start("migrate", names.ACTION_MIGRATE, lambda c: self._migration(c).run(values, resume=resume))
+
+    @method(action=names.ACTION_MIGRATE)
+    async def Rollback(self, options: DBusDict) -> DBusObjectPath:
+        """Undo the last migration (interrupted or committed, until its source is pruned) as a job."""
+        parse_options(options, {})
+        return self.jobs.start("rollback", names.ACTION_MIGRATE, lambda c: self._migration(c).rollback())
+
+    @method(action=names.ACTION_MIGRATE)
+    async def PruneSource(self, options: DBusDict) -> DBusObjectPath:
+        """After a committed migration, delete the old store it kept as a backup, as a job. No rollback after."""
+        parse_options(options, {})
+        return self.jobs.start("prune", names.ACTION_MIGRATE, lambda c: self._migration(c).prune_source())
+
+    @method(action=names.ACTION_AUDIT)
+    async def Audit(self, options: DBusDict) -> AuditReply:
+        """Audit ownership and permissions (as a job, for progress) and answer with the findings; with fix b, also
+        repair what is safe, which needs org.hxinfra.hxd1.audit-fix as well."""
+        fix = bool(parse_options(options, {"fix": "b"}).get("fix", False))
+        if fix:
+            await self.authority.check(current_message.get(), names.ACTION_AUDIT_FIX)
+        result = await self.audit(fix)
+        findings = [(f.code, str(f.severity), f.path, f.message, f.hint) for f in result.report.findings]
+        return findings, [(c.path, c.what, c.before, c.after) for c in result.changes]
+
+    async def audit(self, fix: bool) -> AuditResult:
+        """Run an audit job to its end and record it; the daily timer calls this too."""
+        results: list[AuditResult] = []
+
+        def work(control: JobControl) -> dict[str, Any]:
+            results.append(self.engine.audit(fix, control))
+            return {"message": "audit finished", **results[0].summary()}
+
+        action = names.ACTION_AUDIT_FIX if fix else names.ACTION_AUDIT
+        state = await self.jobs.outcome(self.jobs.start("audit", action, work, exclusive=fix))
+        if not results:
+            raise (Cancelled if state.state == "cancelled" else Failed)(state.message)
+        self.engine.record_audit(results[0])
+        return results[0]
+
+    def _migration(self, control: JobControl) -> Migration:
+        return Migration(self.engine.config, self.controller, control)
+
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> DBusStr:
         return str(self._values()["version"])
@@ -150,3 +230,11 @@ class Manager(HxdInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Paths(self) -> StrMap:
         return dict(self._values()["paths"])
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Jobs(self) -> StrMap:
+        return dict(self._values()["jobs"])
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastAudit(self) -> DBusDict:
+        return dict(self._values()["last_audit"])

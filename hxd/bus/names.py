@@ -9,6 +9,8 @@ from hxd.core.errors import HxdError, kind
 BUS_NAME = "org.hxinfra.hxd1"
 MANAGER_PATH = "/org/hxinfra/hxd1"
 MANAGER_INTERFACE = "org.hxinfra.hxd1.Manager"
+JOB_INTERFACE = "org.hxinfra.hxd1.Job"
+JOBS_PATH = "/org/hxinfra/hxd1/jobs"
 
 ERROR_PREFIX = "org.hxinfra.hxd1.Error."
 # Any failure that is not one of hxd.core.errors: the caller gets this name and no details.
@@ -17,6 +19,10 @@ ERROR_INTERNAL = ERROR_PREFIX + "Internal"
 # polkit action ids (dbus/org.hxinfra.hxd1.policy). Read-only methods need none.
 ACTION_RELOAD = "org.hxinfra.hxd1.reload"
 ACTION_VALIDATE = "org.hxinfra.hxd1.validate"
+ACTION_MIGRATE = "org.hxinfra.hxd1.migrate"
+ACTION_SMOKE = "org.hxinfra.hxd1.smoke"
+ACTION_AUDIT = "org.hxinfra.hxd1.audit"
+ACTION_AUDIT_FIX = "org.hxinfra.hxd1.audit-fix"
 
 POLKIT_NAME = "org.freedesktop.PolicyKit1"
 POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
@@ -25,6 +31,11 @@ POLKIT_INTERFACE = "org.freedesktop.PolicyKit1.Authority"
 DBUS_NAME = "org.freedesktop.DBus"
 DBUS_PATH = "/org/freedesktop/DBus"
 DBUS_INTERFACE = "org.freedesktop.DBus"
+
+SYSTEMD_NAME = "org.freedesktop.systemd1"
+SYSTEMD_PATH = "/org/freedesktop/systemd1"
+SYSTEMD_MANAGER = "org.freedesktop.systemd1.Manager"
+SYSTEMD_UNIT = "org.freedesktop.systemd1.Unit"
 
 
 def error_name(exc: HxdError) -> str:

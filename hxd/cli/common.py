@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +52,27 @@ def offline_engine(args: argparse.Namespace) -> Engine:
     engine = Engine(path, load_config(path, must_exist=args.config is not None))
     engine.state = "offline"
     return engine
+
+
+def counted(findings: list[dict[str, Any]]) -> dict[str, Any]:
+    """``findings`` with their counts by severity, the shape hxctl prints as JSON for validate and audit."""
+    count = {severity: sum(f["severity"] == severity for f in findings) for severity in ("error", "warning", "info")}
+    return {"findings": findings, "errors": count["error"], "warnings": count["warning"], "infos": count["info"]}
+
+
+def print_findings(findings: list[dict[str, Any]], where: Callable[[dict[str, Any]], str]) -> None:
+    """Compiler-style: ``WHERE: SEVERITY CODE: MESSAGE`` and the fix on the next line."""
+    for f in findings:
+        print(f"{where(f)}: {f['severity']} {f['code']}: {f['message']}")
+        print(f"    {'hint' if f['severity'] == 'info' else 'fix'}: {f['hint']}")
+
+
+def totals(result: dict[str, Any]) -> str:
+    """``2 errors, 1 warning, 0 notes``."""
+    return ", ".join(
+        plural(result[key], noun) for key, noun in (("errors", "error"), ("warnings", "warning"), ("infos", "note"))
+    )
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from hxd import __version__
+from hxd import log as hxd_log
 from hxd.bus.connection import BUS_HELP
-from hxd.cli import status, validate
+from hxd.cli import audit, status, validate
 from hxd.cli.client import CallFailed, Unreachable
 from hxd.cli.common import ERROR_EXIT, EXIT_CODES, EXIT_FAILED, EXIT_UNREACHABLE
 from hxd.core.config import DEFAULT_CONFIG_PATH
@@ -29,11 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     status.add_parser(commands)
     validate.add_parsers(commands)
+    audit.add_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    hxd_log.configure("console", "warning")  # the core's log lines go to stderr; stdout is for results and --json
     try:
         code: int = args.run(args)
     except Unreachable as exc:

@@ -11,7 +11,7 @@ from typing import Any
 
 from dbus_fast import Variant
 
-from hxd.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, call_hxd, offline_engine
+from hxd.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, call_hxd, counted, offline_engine, print_findings, totals
 from hxd.core.envfile import format_assignment, open_envfile, read_envfile
 from hxd.core.errors import Unreadable
 from hxd.core.validate import Options
@@ -84,32 +84,13 @@ def _validate_online(args: argparse.Namespace, flags: dict[str, bool]) -> dict[s
 
 
 def _summary(file: str, loads: bool, findings: list[dict[str, Any]]) -> dict[str, Any]:
-    count = {severity: sum(f["severity"] == severity for f in findings) for severity in ("error", "warning", "info")}
-    return {
-        "file": file,
-        "loads": loads,
-        "findings": findings,
-        "errors": count["error"],
-        "warnings": count["warning"],
-        "infos": count["info"],
-    }
+    return {"file": file, "loads": loads, **counted(findings)}
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    for f in report["findings"]:
-        where = f"{report['file']}:{f['line']}" if f["line"] else report["file"]
-        print(f"{where}: {f['severity']} {f['code']}: {f['message']}")
-        print(f"    {'hint' if f['severity'] == 'info' else 'fix'}: {f['hint']}")
-    counts = [
-        _plural(report["errors"], "error"),
-        _plural(report["warnings"], "warning"),
-        _plural(report["infos"], "note"),
-    ]
-    print(f"{report['file']}: {', '.join(counts)}")
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+    file = report["file"]
+    print_findings(report["findings"], lambda f: f"{file}:{f['line']}" if f["line"] else file)
+    print(f"{file}: {totals(report)}")
 
 
 def run_env(args: argparse.Namespace) -> int:

@@ -16,9 +16,12 @@ from pathlib import Path
 import structlog
 
 from hxd import __version__
+from hxd.core.audit import AuditResult, run_audit
 from hxd.core.config import Config, load_config
 from hxd.core.envfile import read_envfile, read_envfile_fd
 from hxd.core.errors import InvalidConfig
+from hxd.core.jobs import JobControl
+from hxd.core.migrate.runner import interrupted
 from hxd.core.paths import check_paths
 from hxd.core.schedule import Calendar, Interval, iso, randomized
 from hxd.core.validate import Options, Report, validate
@@ -26,10 +29,21 @@ from hxd.core.validate import Options, Report, validate
 log = structlog.get_logger("hxd.engine")
 
 # Names of the facts an observer can be told about; the bus adapter maps each to a property.
-FACTS = ("version", "node", "config_path", "state", "state_message", "start_time", "features", "timers", "paths")
+FACTS = (
+    "version",
+    "node",
+    "config_path",
+    "state",
+    "state_message",
+    "start_time",
+    "features",
+    "timers",
+    "paths",
+    "jobs",
+)
 STATES = ("starting", "running", "degraded", "stopping", "offline")
 # What the features do not yet do in this version; each issue that lands one replaces its entry.
-FEATURES = ("migrate", "telemetry", "smoke", "audit")
+FEATURES = ("telemetry", "smoke")
 NOT_AVAILABLE = "unavailable: not in this version"
 
 Observer = Callable[[frozenset[str]], None]
@@ -65,6 +79,8 @@ class Status:
     features: dict[str, str]
     timers: dict[str, datetime]
     paths: dict[str, str]
+    jobs: dict[str, str]
+    last_audit: dict[str, int | str]
 
 
 @dataclass
@@ -78,15 +94,35 @@ class Engine:
     start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
     started_monotonic: float = field(default_factory=time.monotonic)
     features: dict[str, str] = field(
-        default_factory=lambda: {"validate": "ready", **dict.fromkeys(FEATURES, NOT_AVAILABLE)}
+        default_factory=lambda: {
+            "validate": "ready",
+            "migrate": "ready",
+            "audit": "ready",
+            **dict.fromkeys(FEATURES, NOT_AVAILABLE),
+        }
     )
     timers: dict[str, Timer] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
+    jobs: dict[str, str] = field(default_factory=dict)  # job path -> "kind: state (phase, progress)"
+    last_audit: dict[str, int | str] = field(default_factory=dict)  # time, errors, warnings, infos, scanned, changes
     observers: list[Observer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.timers = build_timers(self.config)
         self.paths = check_paths(self.config)
+        self.refresh_migration()
+
+    def refresh_migration(self) -> None:
+        """The migrate feature's state from the journal: an interrupted migration says what to run."""
+        state = interrupted(self.config.paths.state_dir) or "ready"
+        if state != self.features.get("migrate"):
+            self.features["migrate"] = state
+            self.notify("features")
+
+    def set_jobs(self, jobs: dict[str, str]) -> None:
+        if jobs != self.jobs:
+            self.jobs = jobs
+            self.notify("jobs")
 
     def notify(self, *facts: str) -> None:
         changed = frozenset(facts)
@@ -143,6 +179,22 @@ class Engine:
         )
         self.notify("features")
 
+    def audit(self, fix: bool, control: JobControl | None = None) -> AuditResult:
+        """Audit (and with ``fix`` repair) the managed trees. Blocking: the daemon runs it as a job, then
+        ``record_audit`` on the event loop."""
+        return run_audit(self.config, control, fix=fix)
+
+    def record_audit(self, result: AuditResult) -> None:
+        now = iso(datetime.now(UTC))
+        summary = result.summary()
+        self.last_audit = {"time": now, **summary}
+        made = f", {summary['changes']} changes made" if result.changes else ""
+        self.features["audit"] = (
+            f"ready (last run {now}: {summary['errors']} errors, {summary['warnings']} warnings{made})"
+        )
+        log.info("audit finished", **summary)
+        self.notify("features", "last_audit")
+
     def uptime_sec(self) -> float:
         return time.monotonic() - self.started_monotonic
 
@@ -158,6 +210,8 @@ class Engine:
             features=dict(self.features),
             timers={name: t.next_run for name, t in self.timers.items() if t.next_run is not None},
             paths=dict(self.paths),
+            jobs=dict(self.jobs),
+            last_audit=dict(self.last_audit),
         )
 
 
@@ -166,6 +220,8 @@ def build_timers(config: Config) -> dict[str, Timer]:
     timers: dict[str, Timer] = {}
     if config.telemetry.enabled:
         timers["telemetry"] = Timer("telemetry", Interval(config.telemetry.interval_sec))
+    if config.audit.enabled:
+        timers["audit"] = Timer("audit", Calendar.parse(config.audit.schedule), config.audit.randomized_delay_sec)
     if config.smoke.enabled:
         timers["smoke"] = Timer("smoke", Calendar.parse(config.smoke.schedule), config.smoke.randomized_delay_sec)
     return timers

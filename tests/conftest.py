@@ -7,6 +7,7 @@ busctl as the independent client.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +28,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("CI") == "true" and _skipped:
         print(f"\nCI=true: {len(_skipped)} test(s) skipped, which fails the run: {', '.join(_skipped)}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_traversable() -> Iterator[None]:
+    """Let other accounts reach this checkout while the tests run (o+x on each ancestor that lacks it), so that
+    tests which run hxctl as ``nobody`` can import hxd from it even when it was cloned under ``mktemp -d`` (0700).
+    Only the search bit is added, never read; every mode is put back afterwards."""
+    changed: list[tuple[Path, int]] = []
+    for directory in Path(__file__).resolve().parents:
+        mode = directory.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            changed.append((directory, stat.S_IMODE(mode)))
+            directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+    yield
+    for directory, mode in changed:
+        directory.chmod(mode)
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ def test_status_over_busctl(bus: PrivateBus, start_hxd: StartHxd) -> None:
     assert reply["config_path"] == str(hxd.config)
     assert 0 < reply["uptime_sec"] < 60
     assert set(reply["features"]) == {"validate", "migrate", "telemetry", "smoke", "audit"}
-    assert set(reply["timers"]) == {"telemetry", "smoke"}
+    assert set(reply["timers"]) == {"telemetry", "smoke", "audit"}
     assert reply["timers"]["smoke"].endswith("Z")
 
 
@@ -67,7 +67,7 @@ def test_properties_carry_the_same_facts(bus: PrivateBus, start_hxd: StartHxd) -
 
 
 def test_disabled_features_have_no_timer(bus: PrivateBus, start_hxd: StartHxd) -> None:
-    start_hxd("[smoke]\nenabled = false\n[telemetry]\nenabled = false\n")
+    start_hxd("[smoke]\nenabled = false\n[telemetry]\nenabled = false\n[audit]\nenabled = false\n")
     assert status(bus.address)["timers"] == {}
 
 

@@ -42,9 +42,10 @@ test: lint
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check hxd tests tools bench
-	$(BIN)/ruff format --check hxd tests tools bench
+	$(BIN)/ruff check hxd tests tools bench tools/gpu-check tools/e2e
+	$(BIN)/ruff format --check hxd tests tools bench tools/gpu-check tools/e2e
 	$(BIN)/mypy
+	$(BIN)/mypy --strict tools/e2e  # apart: mypy takes each extensionless script for the module __main__
 
 # Regenerate both lock files from pyproject.toml (needs network access to PyPI).
 lock:
@@ -58,6 +59,7 @@ lock:
 
 bench: venv
 	$(BIN)/python bench/foundation.py
+	$(BIN)/python bench/telemetry.py
 
 # The .deb: a source tree under build/deb from `git ls-files` plus packaging/debian as debian/, the wheels pinned
 # by requirements.lock (and the setuptools that builds hxd's wheel, pinned by requirements-dev.lock) downloaded

@@ -15,6 +15,7 @@ import random
 import signal
 import socket
 import sys
+import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +38,7 @@ from hxd.core.engine import Engine, Timer
 from hxd.core.errors import HxdError, InvalidConfig
 from hxd.core.metrics import render
 from hxd.core.schedule import Interval
+from hxd.core.threads import in_daemon_thread
 from hxd.metrics_server import bind, listen_fds, serve
 
 log = structlog.get_logger("hxd")
@@ -98,6 +100,8 @@ class Daemon:
             manager = Manager(self.engine, authority, jobs, controller)
             self.manager = manager
             bus.export(names.MANAGER_PATH, manager)
+            # Everything serves before the name is owned: a bus-activated start answers the call that woke it.
+            self.engine.set_state("running")
             await self._own_name(bus)
         except StartupError as exc:
             log.error(str(exc), **exc.details)
@@ -106,8 +110,11 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
-        metrics = await serve(metrics_socket, lambda: render(self.engine.status())) if metrics_socket else None
-        self.engine.set_state("running")
+        metrics = (
+            await serve(metrics_socket, lambda: render(self.engine.status(), self.engine.telemetry.metric_lines()))
+            if metrics_socket
+            else None
+        )
         self.engine.observers.append(self._facts_changed)
         self.notify("READY=1", f"STATUS=hxd {__version__}: running")
         log.info(
@@ -188,6 +195,7 @@ class Daemon:
         )
         bus.disconnect()
         await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+        self.engine.telemetry.close()
         log.info("stopped")
         return 0
 
@@ -220,6 +228,11 @@ class Daemon:
                 log.info("audit skipped: a job is running", jobs=len(manager.jobs.running()))
                 return
             await _guarded(name, manager.audit(fix=False))
+        elif name == "telemetry":
+            telemetry = self.engine.telemetry
+            if telemetry.due(time.monotonic()):  # False while NVML is backing off, or a sample still runs
+                await in_daemon_thread(telemetry.sample, "hxd-nvml")
+                self.engine.record_telemetry()
         else:
             log.debug("timer fired", timer=name, feature_state=self.engine.features.get(name))
 

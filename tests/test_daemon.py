@@ -44,6 +44,8 @@ def test_status_over_busctl(bus: PrivateBus, start_hxd: StartHxd) -> None:
 
 def test_properties_carry_the_same_facts(bus: PrivateBus, start_hxd: StartHxd) -> None:
     start_hxd()
+    # The first GPU sample runs at start and changes the telemetry feature's state: wait for it to settle.
+    wait_until(lambda: not status(bus.address)["features"]["telemetry"].startswith("waiting"))
     reply = status(bus.address)
     for prop, key in [
         ("Version", "version"),

@@ -44,3 +44,18 @@ def test_unit_and_bus_files_agree() -> None:
     assert "Alias=dbus-org.hxinfra.hxd1.service" in service
     assert "SystemdService=dbus-org.hxinfra.hxd1.service" in activation
     assert "User=hxd" in service and 'u hxd - "hxd daemon"' in (UNITS / "sysusers.d/hxd.conf").read_text()
+
+
+def test_every_polkit_action_is_shipped_with_hxd_as_owner() -> None:
+    """polkitd answers hxd (a non-root account) only about actions whose owner annotation names it."""
+    import xml.etree.ElementTree as ET
+
+    from hxd.bus import names
+
+    policy = ET.parse(UNITS.parent / "dbus/org.hxinfra.hxd1.policy").getroot()
+    actions = {a.get("id"): a for a in policy.iter("action")}
+    used = {value for key, value in vars(names).items() if key.startswith("ACTION_")}
+    assert used <= set(actions), used - set(actions)
+    for action_id, action in actions.items():
+        owners = [a.text for a in action.iter("annotate") if a.get("key") == "org.freedesktop.policykit.owner"]
+        assert owners == ["unix-user:hxd"], action_id

@@ -24,6 +24,8 @@ from hxd.core.jobs import JobControl
 from hxd.core.migrate.runner import Migration
 from hxd.core.schedule import iso
 from hxd.core.service import ServiceController
+from hxd.core.telemetry import rows
+from hxd.core.threads import in_daemon_thread
 from hxd.core.validate import Options, Report
 
 StrMap = Annotated[dict[str, str], DBusSignature("a{ss}")]
@@ -34,6 +36,7 @@ VALIDATE_OPTIONS = {"strict": "b", "store": "b", "deep": "b", "server": "b"}
 AuditReply = Annotated[
     tuple[list[tuple[str, str, str, str, str]], list[tuple[str, str, str, str]]], DBusSignature("a(sssss)a(ssss)")
 ]
+Rows = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
 # Per-call overrides of the configured paths (hxd.toml [paths]) for PlanMigration and Migrate.
 MIGRATE_PATHS = {"source": "s", "canonical": "s", "bulk": "s", "legacy": "s", "env_file": "s"}
 
@@ -59,6 +62,7 @@ _PROPERTIES = {
     "paths": "Paths",
     "jobs": "Jobs",
     "last_audit": "LastAudit",
+    "telemetry": "LastTelemetry",
 }
 
 
@@ -78,8 +82,8 @@ class Manager(HxdInterface):
 
     def _facts_changed(self, facts: frozenset[str]) -> None:
         self._status_cache = None
-        values = self._values()
-        self.emit_properties_changed({_PROPERTIES[f]: values[f] for f in facts if f in _PROPERTIES})
+        names_ = [_PROPERTIES[f] for f in facts if f in _PROPERTIES]
+        self.emit_properties_changed({name: getattr(self, name) for name in names_})
 
     def _values(self) -> dict[str, Any]:
         status = self.engine.status()
@@ -192,6 +196,15 @@ class Manager(HxdInterface):
         self.engine.record_audit(results[0])
         return results[0]
 
+    @method(public=True)
+    async def SampleTelemetry(self) -> Rows:
+        """Sample the GPUs now (not written to the CSV log): one dict per GPU, nvidia-smi's field names as keys and
+        its formatted values as strings, plus state (ok, or lost: reason). Fails with Failed when NVML is not
+        available (the message says why)."""
+        sample = await in_daemon_thread(self.engine.telemetry.read_now, "hxd-nvml")
+        self.engine.record_telemetry()
+        return [{k: Variant("s", v) for k, v in row.items()} for row in rows(sample)]
+
     def _migration(self, control: JobControl) -> Migration:
         return Migration(self.engine.config, self.controller, control)
 
@@ -238,3 +251,8 @@ class Manager(HxdInterface):
     @dbus_property(access=PropertyAccess.READ)
     def LastAudit(self) -> DBusDict:
         return dict(self._values()["last_audit"])
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastTelemetry(self) -> Rows:
+        last = self.engine.telemetry.last
+        return [] if last is None else [{k: Variant("s", v) for k, v in row.items()} for row in rows(last)]

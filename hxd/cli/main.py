@@ -9,7 +9,7 @@ from pathlib import Path
 from hxd import __version__
 from hxd import log as hxd_log
 from hxd.bus.connection import BUS_HELP
-from hxd.cli import audit, status, validate
+from hxd.cli import audit, status, telemetry, validate
 from hxd.cli.client import CallFailed, Unreachable
 from hxd.cli.common import ERROR_EXIT, EXIT_CODES, EXIT_FAILED, EXIT_UNREACHABLE
 from hxd.core.config import DEFAULT_CONFIG_PATH
@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_parser(commands)
     validate.add_parsers(commands)
     audit.add_parser(commands)
+    telemetry.add_parser(commands)
     return parser
 
 

@@ -24,6 +24,7 @@ from hxd.core.jobs import JobControl
 from hxd.core.migrate.runner import interrupted
 from hxd.core.paths import check_paths
 from hxd.core.schedule import Calendar, Interval, iso, randomized
+from hxd.core.telemetry import Telemetry, csv_path
 from hxd.core.validate import Options, Report, validate
 
 log = structlog.get_logger("hxd.engine")
@@ -43,7 +44,7 @@ FACTS = (
 )
 STATES = ("starting", "running", "degraded", "stopping", "offline")
 # What the features do not yet do in this version; each issue that lands one replaces its entry.
-FEATURES = ("telemetry", "smoke")
+FEATURES = ("smoke",)
 NOT_AVAILABLE = "unavailable: not in this version"
 
 Observer = Callable[[frozenset[str]], None]
@@ -105,12 +106,24 @@ class Engine:
     paths: dict[str, str] = field(default_factory=dict)
     jobs: dict[str, str] = field(default_factory=dict)  # job path -> "kind: state (phase, progress)"
     last_audit: dict[str, int | str] = field(default_factory=dict)  # time, errors, warnings, infos, scanned, changes
+    last_validation: dict[str, int | str] = field(default_factory=dict)  # time, file, errors, warnings
     observers: list[Observer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.timers = build_timers(self.config)
         self.paths = check_paths(self.config)
+        # pynvml is imported on the first sample, not here: hxd's start and idle memory stay small.
+        self.telemetry = Telemetry(csv_path(self.config), self.config.telemetry)
+        self.record_telemetry()
         self.refresh_migration()
+
+    def record_telemetry(self) -> None:
+        """Show telemetry's state (after each sample, on the event loop: observers emit signals)."""
+        enabled = self.config.telemetry.enabled
+        state = self.telemetry.state if enabled else "disabled (telemetry.enabled = false)"
+        if state != self.features.get("telemetry"):
+            self.features["telemetry"] = state
+            self.notify("features", "telemetry")
 
     def refresh_migration(self) -> None:
         """The migrate feature's state from the journal: an interrupted migration says what to run."""
@@ -154,6 +167,8 @@ class Engine:
         self.config_error = ""
         self.timers = build_timers(config)
         self.paths = check_paths(config)
+        self.telemetry.configure(csv_path(config), config.telemetry)
+        self.record_telemetry()
         self.state = "running"
         log.info("configuration reloaded", config_path=str(self.config_path))
         self.notify("state", "state_message", "node", "timers", "paths")
@@ -173,9 +188,10 @@ class Engine:
 
     def record_validation(self, report: Report) -> None:
         """Show the last validation in the feature state; called on the event loop, since observers emit signals."""
+        now = iso(datetime.now(UTC))
+        self.last_validation = {"time": now, "file": report.file, "errors": report.errors, "warnings": report.warnings}
         self.features["validate"] = (
-            f"ready (last run {iso(datetime.now(UTC))}: {report.file}: {report.errors} errors, "
-            f"{report.warnings} warnings)"
+            f"ready (last run {now}: {report.file}: {report.errors} errors, {report.warnings} warnings)"
         )
         self.notify("features")
 

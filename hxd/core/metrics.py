@@ -6,54 +6,39 @@ value 1 carrying labels. Rendering reads what the engine already knows; a scrape
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from hxd.core.engine import STATES, Status
+from hxd.core.promtext import family
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items()) + "}"
-
-
-def _family(name: str, help_text: str, samples: Iterable[tuple[dict[str, str], float]]) -> list[str]:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-    lines.extend(f"{name}{_labels(labels)} {value!r}" for labels, value in samples)
-    return lines
-
-
-def render(status: Status) -> str:
-    """The whole /metrics page for ``status``."""
+def render(status: Status, extra: Sequence[str] = ()) -> str:
+    """The whole /metrics page: hxd's own state, then ``extra`` lines (the GPUs' last sample)."""
     features = status.features.items()
     lines = [
-        *_family("hxd_info", "hxd's version and node name.", [({"version": status.version, "node": status.node}, 1)]),
-        *_family("hxd_uptime_seconds", "Seconds since hxd started.", [({}, round(status.uptime_sec, 3))]),
-        *_family(
+        *family("hxd_info", "hxd's version and node name.", [({"version": status.version, "node": status.node}, 1)]),
+        *family("hxd_uptime_seconds", "Seconds since hxd started.", [({}, round(status.uptime_sec, 3))]),
+        *family(
             "hxd_state",
             "hxd's state: 1 for the current one.",
             [({"state": state}, float(state == status.state)) for state in STATES],
         ),
-        *_family(
+        *family(
             "hxd_feature_available",
             "1 when the feature works in this hxd, 0 when it is unavailable (see hxctl status).",
             [({"feature": name}, float(not state.startswith("unavailable"))) for name, state in features],
         ),
-        *_family(
+        *family(
             "hxd_timer_next_run_timestamp_seconds",
             "When each timer runs next (Unix time).",
             [({"timer": name}, when.timestamp()) for name, when in status.timers.items()],
         ),
-        *_family(
+        *family(
             "hxd_path_writable",
             "1 when a configured path exists and hxd can write it, 0 otherwise (see hxctl status).",
             [({"path": name}, float(state.startswith("ok"))) for name, state in status.paths.items()],
         ),
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *extra]) + "\n"

@@ -1,0 +1,344 @@
+"""Telemetry as the daemon drives it: state lines, back-off while NVML is unavailable (logged once, not per
+cycle), metrics that parse and never sample, rows for D-Bus, ``hxctl telemetry`` and tools/gpu-check."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.machinery
+import importlib.util
+import json
+import re
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import structlog
+from prometheus_client.parser import text_string_to_metric_families
+
+from hxd.cli import telemetry as cli
+from hxd.core.config import TelemetryConfig
+from hxd.core.telemetry import MAX_BACKOFF_SEC, Telemetry, rows, smi
+from hxd.core.telemetry.sampler import Unavailable
+from hxd.fakenvml import MIB, FakeGpu, FakeNvml, h100
+
+pynvml = importlib.import_module("pynvml")
+ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(tmp_path: Path, gpus: list[FakeGpu] | None = None, **nvml: Any) -> tuple[Telemetry, FakeNvml, Clock]:
+    fake = FakeNvml([h100(0)] if gpus is None else gpus, **nvml)
+    clock = Clock()
+    telemetry = Telemetry(tmp_path / "gpu" / "telemetry.csv", TelemetryConfig(interval_sec=300), fake, clock=clock)
+    return telemetry, fake, clock
+
+
+def samples(lines: list[str]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families("\n".join(lines) + "\n")
+        for sample in family.samples
+    }
+
+
+def test_states_from_start_to_ok(tmp_path: Path) -> None:
+    telemetry, _, _ = make(tmp_path, [h100(index) for index in range(8)])
+    assert telemetry.state == "waiting for the first sample" and telemetry.last is None
+    assert telemetry.due(0.0)
+    sample = telemetry.sample()
+    assert sample is not None and telemetry.last is sample
+    assert re.fullmatch(rf"ok \(8 GPUs; last sample {ISO}\)", telemetry.state)
+
+
+def test_a_lost_gpu_degrades_the_state_and_is_logged_once(tmp_path: Path) -> None:
+    gpus = [h100(index) for index in range(8)]
+    telemetry, _, _ = make(tmp_path, gpus)
+    with structlog.testing.capture_logs() as logs:
+        telemetry.sample()
+        gpus[3].lost = True
+        for _ in range(3):
+            telemetry.sample()
+        gpus[3].lost = False
+        telemetry.sample()
+        gpus[3].lost = True
+        telemetry.sample()
+    assert re.fullmatch(
+        rf"degraded \(7 GPUs; lost GPU 3 {gpus[3].uuid}: GPU is lost; last sample {ISO}\)", telemetry.state
+    )
+    events = [entry["event"] for entry in logs]
+    assert events == [
+        "GPU lost; skipped until it answers again",
+        "GPU answers again",
+        "GPU lost; skipped until it answers again",
+    ]
+    lines = (tmp_path / "gpu/telemetry.csv").read_text().splitlines()
+    assert len(lines) == 1 + 8 + 3 * 7 + 8 + 7  # header, then only the GPUs that answered
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, "NVML: NVML Shared Library Not Found; libnvidia-ml.so.1 was not found"),
+        (pynvml.NVML_ERROR_DRIVER_NOT_LOADED, "NVML: Driver Not Loaded; the NVIDIA kernel driver is not loaded"),
+    ],
+)
+def test_unavailable_is_a_state_with_the_reason_and_the_next_try(tmp_path: Path, code: int, reason: str) -> None:
+    telemetry, _, _ = make(tmp_path, init_error=code)
+    with structlog.testing.capture_logs():
+        assert telemetry.sample() is None
+    assert telemetry.state.startswith(f"unavailable: {reason}")
+    assert re.search(rf"\(next try {ISO}\)$", telemetry.state)
+    assert not (tmp_path / "gpu").exists()  # nothing to log
+
+
+def test_backoff_doubles_from_one_interval_up_to_an_hour(tmp_path: Path) -> None:
+    telemetry, fake, clock = make(tmp_path, init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+    attempts = []
+    with structlog.testing.capture_logs():
+        for tick in range(60):  # the daemon's interval timer: every 300 s, give or take a little
+            clock.now = 1000.0 + tick * 300 + (0.4 if tick % 2 else -0.4)
+            if telemetry.due(clock.now):
+                attempts.append(tick)
+                telemetry.sample()
+    assert attempts == [0, 1, 3, 7, 15, 27, 39, 51]  # waits of 1, 2, 4, 8 intervals, then 12 (3600 s)
+    assert MAX_BACKOFF_SEC == 12 * 300
+    fake.init_error = None  # the driver is loaded
+    with structlog.testing.capture_logs() as logs:
+        clock.now += 3600
+        assert telemetry.due(clock.now) and telemetry.sample() is not None
+    assert [entry["event"] for entry in logs] == ["GPU telemetry available again"]
+    assert telemetry.state.startswith("ok (1 GPU; last sample ")
+    clock.now += 300
+    assert telemetry.due(clock.now)  # back to every tick
+
+
+def test_no_log_line_per_cycle_while_unavailable(tmp_path: Path) -> None:
+    telemetry, fake, clock = make(tmp_path, init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(20):
+            clock.now += 3600
+            telemetry.sample()
+        fake.init_error = pynvml.NVML_ERROR_DRIVER_NOT_LOADED  # a new reason is worth one new line
+        for _ in range(20):
+            clock.now += 3600
+            telemetry.sample()
+    assert [(entry["event"], entry["log_level"]) for entry in logs] == [
+        ("GPU telemetry unavailable; retrying with back-off", "warning"),
+        ("GPU telemetry unavailable; retrying with back-off", "warning"),
+    ]
+    assert "Library Not Found" in logs[0]["reason"] and "Driver Not Loaded" in logs[1]["reason"]
+
+
+def test_an_unexpected_error_is_a_state_too(tmp_path: Path) -> None:
+    telemetry, fake, _ = make(tmp_path)
+
+    def broken() -> int:
+        raise RuntimeError("corrupt install")
+
+    fake.nvmlDeviceGetCount = broken  # type: ignore[method-assign]
+    with structlog.testing.capture_logs() as logs:
+        assert telemetry.sample() is None
+    assert telemetry.state.startswith("unavailable: unexpected RuntimeError while sampling: corrupt install (next")
+    assert logs[0]["exc_info"] is not None and fake.refcount == 0
+
+
+def test_due_is_false_while_an_attempt_hangs(tmp_path: Path) -> None:
+    telemetry, fake, _ = make(tmp_path)
+    entered, release = threading.Event(), threading.Event()
+    count = fake.nvmlDeviceGetCount
+
+    def hanging() -> int:
+        entered.set()
+        release.wait(10)
+        return count()
+
+    fake.nvmlDeviceGetCount = hanging  # type: ignore[method-assign]
+    worker = threading.Thread(target=telemetry.sample)
+    worker.start()
+    assert entered.wait(10)
+    assert not telemetry.due(1e9)
+    assert telemetry.state == "waiting for the first sample"  # readers never wait for the attempt
+    assert len(telemetry.metric_lines()) > 0
+    release.set()
+    worker.join(10)
+    assert telemetry.due(1e9) and telemetry.state.startswith("ok")
+
+
+def test_read_now_is_not_logged_and_raises_failed_with_the_reason(tmp_path: Path) -> None:
+    telemetry, fake, _ = make(tmp_path)
+    assert len(telemetry.read_now().gpus) == 1
+    assert not (tmp_path / "gpu").exists()
+    assert telemetry.state.startswith("ok (1 GPU")
+    telemetry.close()
+    fake.init_error = pynvml.NVML_ERROR_DRIVER_NOT_LOADED
+    with structlog.testing.capture_logs() as logs, pytest.raises(Unavailable, match=r"^NVML: Driver Not Loaded; "):
+        telemetry.read_now()
+    assert telemetry.state.startswith("unavailable: NVML: Driver Not Loaded; ")
+    assert logs == []  # the caller has the error; hxctl --offline prints it once, and nothing on stdout
+
+
+def test_metrics_parse_in_base_units_with_gpu_labels(tmp_path: Path) -> None:
+    gpus = [h100(index) for index in range(8)]
+    gpus[5].mig = True
+    telemetry, fake, _ = make(tmp_path, gpus)
+    with structlog.testing.capture_logs():
+        telemetry.sample()
+        gpus[7].lost = True
+        telemetry.sample()
+    calls = fake.calls
+    lines = telemetry.metric_lines()
+    assert fake.calls == calls  # a scrape serves the last sample; it never calls NVML
+    values = samples(lines)
+    labels = (("index", "0"), ("name", "NVIDIA H100 80GB HBM3"), ("uuid", gpus[0].uuid))
+    assert values[("hxd_gpu_memory_used_bytes", labels)] == 19818 * MIB
+    assert values[("hxd_gpu_memory_reserved_bytes", labels)] == 478 * MIB
+    assert values[("hxd_gpu_power_draw_watts", labels)] == 631.95
+    assert values[("hxd_gpu_enforced_power_limit_watts", labels)] == 700.0
+    assert values[("hxd_gpu_sm_clock_hertz", labels)] == 1.98e9
+    assert values[("hxd_gpu_utilization_ratio", labels)] == 1.0
+    assert values[("hxd_gpu_memory_utilization_ratio", labels)] == 0.11
+    assert values[("hxd_gpu_temperature_celsius", labels)] == 59
+    assert values[("hxd_gpu_ecc_corrected_errors_total", labels)] == 0
+    assert values[("hxd_gpu_mig_enabled", labels)] == 0
+    assert values[("hxd_telemetry_up", ())] == 1 and values[("hxd_telemetry_log_writable", ())] == 1
+    lost = (("index", "7"), ("name", "NVIDIA H100 80GB HBM3"), ("uuid", gpus[7].uuid))
+    assert values[("hxd_gpu_up", lost)] == 0 and values[("hxd_gpu_up", labels)] == 1
+    assert ("hxd_gpu_temperature_celsius", lost) not in values
+    assert not any(name == "hxd_gpu_fan_speed_ratio" for name, _ in values)  # [N/A] on every H100: no series
+    mig = (("index", "5"), ("name", "NVIDIA H100 80GB HBM3"), ("uuid", gpus[5].uuid))
+    assert values[("hxd_gpu_mig_enabled", mig)] == 1 and ("hxd_gpu_utilization_ratio", mig) not in values
+    families = {family.name: family.type for family in text_string_to_metric_families("\n".join(lines) + "\n")}
+    assert families["hxd_gpu_ecc_corrected_errors"] == "counter" and families["hxd_gpu_memory_used_bytes"] == "gauge"
+
+
+def test_metrics_while_unavailable_have_no_gpu_series(tmp_path: Path) -> None:
+    telemetry, fake, clock = make(tmp_path)
+    telemetry.sample()
+    telemetry.close()
+    fake.init_error = pynvml.NVML_ERROR_DRIVER_NOT_LOADED
+    with structlog.testing.capture_logs():
+        clock.now += 300
+        telemetry.sample()
+    values = samples(telemetry.metric_lines())
+    assert values[("hxd_telemetry_up", ())] == 0
+    assert ("hxd_telemetry_last_sample_timestamp_seconds", ()) in values
+    assert not any(name.startswith("hxd_gpu_") for name, _ in values)
+    assert telemetry.last is not None  # the last good sample is still there for D-Bus, with its time
+
+
+def test_rows_are_the_csv_cells_by_field_name(tmp_path: Path) -> None:
+    gpus = [h100(0), h100(1)]
+    telemetry, _, _ = make(tmp_path, gpus)
+    with structlog.testing.capture_logs():
+        telemetry.sample()
+        gpus[1].lost = True
+        sample = telemetry.sample()
+    assert sample is not None
+    ok, lost = rows(sample)
+    assert list(ok) == [*smi.NAMES, "state"] and ok["state"] == "ok" and ok["memory.used"] == "19818 MiB"
+    assert smi.csv_row(ok) == (tmp_path / "gpu/telemetry.csv").read_text().splitlines()[-1]
+    assert lost == {
+        "timestamp": ok["timestamp"],
+        "index": "1",
+        "uuid": gpus[1].uuid,
+        "name": gpus[1].name,
+        "driver_version": "590.48.01",
+        "state": "lost: GPU is lost",
+    }
+    assert all(isinstance(value, str) for row in (ok, lost) for value in row.values())
+
+
+def hxctl_telemetry(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--offline", action="store_true")
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--bus")
+    cli.add_parser(parser.add_subparsers())
+    return parser.parse_args(argv)
+
+
+def test_hxctl_telemetry_offline_table_and_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "hxd.toml"
+    config.write_text(f'[paths]\nlog_dir = "{tmp_path}/log"\n')
+    gpus = [h100(0), h100(1)]
+    gpus[1].fan_pct = 45
+    monkeypatch.setattr(cli, "Telemetry", lambda path, settings: Telemetry(path, settings, FakeNvml(gpus)))
+    args = hxctl_telemetry(["--offline", "--config", str(config), "telemetry"])
+    assert args.run(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(rf"driver 590\.48\.01, sampled {ISO}", out[0])
+    headings = "GPU NAME PSTATE TEMP C UTIL MEM USED MEM TOTAL POWER LIMIT SM CLOCK FAN MIG STATE"
+    assert out[1].split() == headings.split()
+    assert "19818 MiB" in out[2] and out[3].split()[-3:] == ["%", "Disabled", "ok"]
+    assert not (tmp_path / "log").exists()  # a look is not a sample for the log
+    args = hxctl_telemetry(["--offline", "--config", str(config), "telemetry", "--json"])
+    gpus[0].lost = True
+    with structlog.testing.capture_logs() as logs:
+        assert args.run(args) == 1  # a lost GPU is a problem found
+    assert logs == []
+    shown = json.loads(capsys.readouterr().out)
+    assert [gpu["state"] for gpu in shown] == ["ok", "lost: GPU is lost"]
+
+
+def load_gpu_check() -> ModuleType:
+    loader = importlib.machinery.SourceFileLoader("gpu_check", str(ROOT / "tools/gpu-check"))
+    spec = importlib.util.spec_from_loader("gpu_check", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def fake_smi(tmp_path: Path, gpus: list[FakeGpu], **changes: str) -> Path:
+    """A stand-in nvidia-smi that prints what the real one would for these GPUs, with ``changes`` applied."""
+    telemetry = Telemetry(tmp_path / "unused.csv", TelemetryConfig(), FakeNvml(gpus))
+    lines = [smi.HEADER]
+    for row in rows(telemetry.read_now()):
+        row.update(timestamp="2026/07/14 08:12:53.353", **{key.replace("_", "."): v for key, v in changes.items()})
+        lines.append(smi.csv_row(row))
+    script = tmp_path / "nvidia-smi"
+    script.write_text("#!/bin/sh\ncat <<'EOF'\n" + "\n".join(lines) + "\nEOF\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_gpu_check_agrees_within_the_tolerances(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gpu_check = load_gpu_check()
+    gpus = [h100(0), h100(1)]
+    script = fake_smi(tmp_path, gpus, power_draw="625.00 W", temperature_gpu="60", pstate="P2")
+    assert gpu_check.main(["--nvidia-smi", str(script)], nvml=FakeNvml(gpus)) == 0
+    out = capsys.readouterr().out
+    assert "2 GPU(s): hxd agrees with nvidia-smi" in out and "(not compared)" in out
+
+
+def test_gpu_check_reports_differences(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gpu_check = load_gpu_check()
+    gpus = [h100(0)]
+    script = fake_smi(tmp_path, gpus, memory_used="20296 MiB", memory_total="81560 MiB")  # v1 "used" is +478 MiB
+    assert gpu_check.main(["--nvidia-smi", str(script)], nvml=FakeNvml(gpus)) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"memory\.used \[MiB\] +20296 MiB +19818 MiB +<- differs by 478, more than 32", out)
+    assert re.search(r"memory\.total \[MiB\] +81560 MiB +81559 MiB +<- differs", out)
+    assert "2 difference(s)" in out
+
+
+def test_gpu_check_without_nvidia_smi_or_nvml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gpu_check = load_gpu_check()
+    assert gpu_check.main(["--nvidia-smi", str(tmp_path / "none")], nvml=FakeNvml([h100(0)])) == 2
+    script = fake_smi(tmp_path, [h100(0)])
+    missing = FakeNvml(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+    assert gpu_check.main(["--nvidia-smi", str(script)], nvml=missing) == 2
+    assert "gpu-check: NVML: NVML Shared Library Not Found" in capsys.readouterr().err

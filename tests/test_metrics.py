@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from busctl import status
+from busctl import busctl, status
 from conftest import StartHxd
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -140,3 +140,28 @@ def test_read_only_path_is_reported(bus: PrivateBus, start_hxd: StartHxd, tmp_pa
         assert samples(text)[("hxd_path_writable", (("path", "canonical"),))] == 1
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_findings_and_jobs_appear_after_they_ran(bus: PrivateBus, start_hxd: StartHxd) -> None:
+    port = free_port()
+    start_hxd(f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    before = samples(scrape(f"http://127.0.0.1:{port}/metrics")[1])
+    assert not any(name in ("hxd_audit_findings", "hxd_validation_findings") for name, _ in before)
+    busctl(
+        bus.address, "call", "org.hxinfra.hxd1", "/org/hxinfra/hxd1", "org.hxinfra.hxd1.Manager", "Audit", "a{sv}", "0"
+    )
+    busctl(
+        bus.address,
+        "call",
+        "org.hxinfra.hxd1",
+        "/org/hxinfra/hxd1",
+        "org.hxinfra.hxd1.Manager",
+        "Validate",
+        "a{sv}",
+        "0",
+        check=False,
+    )  # the sandbox has no env file: Unreadable, nothing recorded
+    after = samples(scrape(f"http://127.0.0.1:{port}/metrics")[1])
+    assert ("hxd_audit_findings", (("severity", "error"),)) in after
+    assert not any(name == "hxd_validation_findings" for name, _ in after)
+    assert after[("hxd_jobs", (("kind", "audit"), ("state", "completed")))] == 1

@@ -82,6 +82,7 @@ class Status:
     paths: dict[str, str]
     jobs: dict[str, str]
     last_audit: dict[str, int | str]
+    last_validation: dict[str, int | str]
 
 
 @dataclass
@@ -228,6 +229,7 @@ class Engine:
             paths=dict(self.paths),
             jobs=dict(self.jobs),
             last_audit=dict(self.last_audit),
+            last_validation=dict(self.last_validation),
         )
 
 

@@ -6,6 +6,7 @@ value 1 carrying labels. Rendering reads what the engine already knows; a scrape
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from hxd.core.engine import STATES, Status
@@ -40,5 +41,23 @@ def render(status: Status, extra: Sequence[str] = ()) -> str:
             "1 when a configured path exists and hxd can write it, 0 otherwise (see hxctl status).",
             [({"path": name}, float(state.startswith("ok"))) for name, state in status.paths.items()],
         ),
+        *_findings("hxd_validation_findings", "Findings of the last validation, by severity.", status.last_validation),
+        *_findings("hxd_audit_findings", "Findings of the last audit, by severity.", status.last_audit),
+        *family(
+            "hxd_jobs",
+            "Jobs on the bus (running, and finished in the last 5 minutes), by kind and state.",
+            [({"kind": kind, "state": state}, float(count)) for (kind, state), count in sorted(_jobs(status).items())],
+        ),
     ]
     return "\n".join([*lines, *extra]) + "\n"
+
+
+def _findings(name: str, help_text: str, last: dict[str, int | str]) -> list[str]:
+    if not last:
+        return []  # nothing ran yet: no sample rather than a misleading 0
+    return family(name, help_text, [({"severity": s}, float(last[f"{s}s"])) for s in ("error", "warning")])
+
+
+def _jobs(status: Status) -> Counter[tuple[str, str]]:
+    """Job summaries read "kind state ..." (see the daemon's job list)."""
+    return Counter((text.split()[0], text.split()[1].rstrip(":")) for text in status.jobs.values())

@@ -1,8 +1,7 @@
 """What the migration tests share: a node before the migration, fake service controllers, the invariant.
 
 The fakes stand in for systemd only (the true edge here): ``FakeController`` records what was asked;
-``StubService`` runs the Ollama stub as "ollama.service", reading OLLAMA_MODELS from the env file at each start as
-systemd's EnvironmentFile= does, on a fixed port so the post-check finds it again.
+hxd.sandbox_systemd.OllamaService runs the Ollama stub as "ollama.service".
 """
 
 from __future__ import annotations
@@ -15,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hxd.core.config import Config, OllamaConfig, PathsConfig
-from hxd.core.envfile import read_envfile
 from hxd.samplestore import make_node
-from hxd.sandbox import OllamaStub
 
 
 @dataclass
@@ -38,33 +35,6 @@ class FakeController:
     def start(self, unit: str) -> None:
         self.calls.append(f"start {unit}")
         self.active = True
-
-
-@dataclass
-class StubService:
-    """The Ollama stub as the unit: started with the environment systemd would give it from the env file."""
-
-    env_file: Path
-    workdir: Path
-    port: int
-    stub: OllamaStub | None = None
-    serve_instead: Path | None = None  # to make a post-check fail: serve this store whatever the env file says
-    calls: list[str] = field(default_factory=list)
-
-    def is_active(self, unit: str) -> bool:
-        return self.stub is not None
-
-    def stop(self, unit: str) -> None:
-        self.calls.append(f"stop {unit}")
-        if self.stub is not None:
-            self.stub.stop()
-            self.stub = None
-
-    def start(self, unit: str) -> None:
-        self.calls.append(f"start {unit}")
-        models = self.serve_instead or Path(read_envfile(self.env_file).environment["OLLAMA_MODELS"])
-        env = {"OLLAMA_HOST": f"127.0.0.1:{self.port}", "OLLAMA_MODELS": str(models), "OLLAMA_NOPRUNE": ""}
-        self.stub = OllamaStub(self.workdir, None).start(env=env)
 
 
 def free_port() -> int:

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from migrate_support import (
     FakeController,
-    StubService,
     free_port,
     make_legacy_node,
     node_config,
@@ -34,6 +33,7 @@ from hxd.core.migrate.plan import make_plan, targets
 from hxd.core.migrate.runner import Migration, interrupted
 from hxd.core.validate import Options, validate
 from hxd.samplestore import blob_path, sha256_digest
+from hxd.sandbox_systemd import OllamaService
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -275,7 +275,7 @@ def test_post_check_against_the_served_models(tmp_path: Path, tmpfs: Path) -> No
     port = free_port()
     config = node_config(tmp_path, tmpfs / "bulk", url=f"http://127.0.0.1:{port}")
     make_legacy_node(config)
-    service = StubService(config.paths.env_file, tmp_path, port)
+    service = OllamaService(config.paths.env_file, tmp_path, port)
     service.start("ollama.service")
     try:
         result, _ = run(config, service)
@@ -285,19 +285,29 @@ def test_post_check_against_the_served_models(tmp_path: Path, tmpfs: Path) -> No
         service.stop("ollama.service")
 
 
+class LosingService(OllamaService):
+    """Bulk storage loses a manifest while the service is down (after verification): the post-check must see it."""
+
+    bulk = Path("/nonexistent")
+
+    def stop(self, unit: str) -> None:
+        super().stop(unit)
+        for lost in self.bulk.glob("manifests/*/*/qwen3/*"):
+            lost.unlink()
+
+
 def test_failed_post_check_rolls_back(tmp_path: Path, tmpfs: Path) -> None:
     port = free_port()
     config = node_config(tmp_path, tmpfs / "bulk", url=f"http://127.0.0.1:{port}")
     make_legacy_node(config)
     env_before = config.paths.env_file.read_bytes()
-    (tmp_path / "empty-store" / "blobs").mkdir(parents=True)
-    (tmp_path / "empty-store" / "manifests").mkdir()
-    service = StubService(config.paths.env_file, tmp_path, port)
+    service = LosingService(config.paths.env_file, tmp_path, port)
+    service.bulk = config.paths.bulk
     service.start("ollama.service")
-    service.serve_instead = tmp_path / "empty-store"  # after the restart the "service" serves nothing
     try:
-        with pytest.raises(Failed, match="post-check failed, so the migration was rolled back: missing"):
+        with pytest.raises(Failed, match=r"post-check failed, so the migration was rolled back: missing \['registry"):
             run(config, service)
+        assert service.calls[-2:] == ["stop ollama.service", "start ollama.service"]  # rolled back, serving again
     finally:
         service.stop("ollama.service")
     assert config.paths.env_file.read_bytes() == env_before

@@ -117,7 +117,12 @@ class Migration:
             raise Failed(f"post-check failed, so the migration was rolled back: {problem}")
         shutil.rmtree(Path(journal.bulk) / STAGING, ignore_errors=True)
         journal.finish(self.state_dir, "committed", "committed")
+        message = (
+            f"committed: {len(journal.verified)} blobs and {len(journal.manifests)} manifests in "
+            f"{journal.bulk}; {journal.unit} was down {downtime:.1f} s"
+        )
         return {
+            "message": message,
             "id": journal.id,
             "blobs": len(journal.verified),
             "manifests": len(journal.manifests),
@@ -329,7 +334,8 @@ class Migration:
         self.control.update(phase="rollback", message=f"rolling back migration {journal.id}")
         self._undo(journal)
         journal.finish(self.state_dir, "rolled-back", "rolled back")
-        return {"id": journal.id, "undone": [step for step, _ in reversed(journal.switched)]}
+        undone = [step for step, _ in reversed(journal.switched)]
+        return {"message": f"rolled back migration {journal.id}", "id": journal.id, "undone": undone}
 
     def _undo(self, journal: Journal) -> None:
         stopped = journal.state in ("stopped", "switching", "started", "committed")
@@ -364,7 +370,7 @@ class Migration:
             else:
                 shutil.rmtree(path)
         journal.finish(self.state_dir, "pruned", f"pruned {len(removed)} paths")
-        return {"id": journal.id, "removed": removed}
+        return {"message": f"removed the old store: {', '.join(removed)}", "id": journal.id, "removed": removed}
 
 
 def interrupted(state_dir: Path) -> str:

@@ -1,0 +1,206 @@
+"""Migration through hxd on the bus: jobs with progress, Finished, Busy, resume after an interruption, refusals.
+
+systemd is the stand-in of hxd.sandbox_systemd on the private bus, starting and stopping the Ollama stub as
+ollama.service; the end-to-end suite runs the same calls against the real systemd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from busctl import busctl
+from conftest import StartHxd
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+from migrate_support import free_port, make_legacy_node, node_config, readable_models
+
+from hxd.bus import names
+from hxd.core.config import Config
+from hxd.core.jobs import JobControl, JobState
+from hxd.core.migrate.runner import Migration
+from hxd.sandbox import HxdProcess, PrivateBus
+from hxd.sandbox_systemd import MockSystemd, OllamaService
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ollama_account() -> None:
+    if subprocess.run(["getent", "passwd", "ollama"], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "ollama"], check=True)
+
+
+@pytest.fixture
+def node() -> Iterator[Config]:
+    """A legacy node under a directory the ollama user can traverse."""
+    root = Path(tempfile.mkdtemp(prefix="hxd-migrate-bus-"))
+    root.chmod(0o755)
+    config = node_config(root, url=f"http://127.0.0.1:{free_port()}")
+    make_legacy_node(config)
+    yield config
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def ollama(bus: PrivateBus, node: Config) -> Iterator[OllamaService]:
+    service = OllamaService(node.paths.env_file, node.paths.state_dir.parent, int(node.ollama.url.rsplit(":", 1)[1]))
+    service.workdir.mkdir(parents=True, exist_ok=True)
+    service.start("ollama.service")
+    with MockSystemd(bus.address, service):
+        yield service
+    service.stop("ollama.service")
+
+
+def start(start_hxd: StartHxd, node: Config) -> HxdProcess:
+    paths = {
+        key: getattr(node.paths, key) for key in ("canonical", "bulk", "legacy", "env_file", "log_dir", "state_dir")
+    }
+    return start_hxd(f'[ollama]\nurl = "{node.ollama.url}"\n[telemetry]\nenabled = false\n', paths=paths)
+
+
+def call(address: str, member: str, *args: str, check: bool = True) -> Any:
+    result = busctl(
+        address,
+        "--json=short",
+        "call",
+        names.BUS_NAME,
+        names.MANAGER_PATH,
+        names.MANAGER_INTERFACE,
+        member,
+        *args,
+        check=check,
+    )
+    return json.loads(result.stdout)["data"] if result.returncode == 0 else result
+
+
+def follow(address: str, member: str, options: dict[str, Any]) -> tuple[str, JobState, list[str], list[Any]]:
+    """Subscribe first, call, collect the job's PropertiesChanged and Finished until it ends."""
+
+    async def run() -> tuple[str, JobState, list[str], list[Any]]:
+        client = await MessageBus(bus_address=address).connect()
+        signals: asyncio.Queue[Message] = asyncio.Queue()
+        client.add_message_handler(lambda m: signals.put_nowait(m) if m.message_type == MessageType.SIGNAL else None)
+        await client.call(
+            Message(
+                destination=names.DBUS_NAME,
+                path=names.DBUS_PATH,
+                interface=names.DBUS_INTERFACE,
+                member="AddMatch",
+                signature="s",
+                body=[f"type='signal',path_namespace='{names.JOBS_PATH}'"],
+            )
+        )
+        reply = await client.call(
+            Message(
+                destination=names.BUS_NAME,
+                path=names.MANAGER_PATH,
+                interface=names.MANAGER_INTERFACE,
+                member=member,
+                signature="a{sv}",
+                body=[options],
+            )
+        )
+        assert reply is not None and reply.message_type == MessageType.METHOD_RETURN, reply and reply.body
+        path = reply.body[0]
+        phases: list[str] = []
+        state = JobState(kind="")
+        async with asyncio.timeout(60):
+            while True:
+                message = await signals.get()
+                if message.path != path:
+                    continue
+                if message.member == "PropertiesChanged":
+                    changed = {k: v.value for k, v in message.body[1].items()}
+                    if "Phase" in changed:
+                        phases.append(changed["Phase"])
+                    state.state = changed.get("State", state.state)
+                elif message.member == "Finished":
+                    finished = list(message.body)
+                    break
+        result = await client.call(
+            Message(
+                destination=names.BUS_NAME,
+                path=path,
+                interface="org.freedesktop.DBus.Properties",
+                member="Get",
+                signature="ss",
+                body=[names.JOB_INTERFACE, "Result"],
+            )
+        )
+        assert result is not None
+        state.result = {k: v.value for k, v in result.body[0].value.items()}
+        client.disconnect()
+        return path, state, phases, finished
+
+    return asyncio.run(run())
+
+
+def test_migrate_over_the_bus(bus: PrivateBus, start_hxd: StartHxd, node: Config, ollama: OllamaService) -> None:
+    start(start_hxd, node)
+    before = readable_models(node.paths.legacy)
+    plan = {k: v["data"] for k, v in call(bus.address, "PlanMigration", "a{sv}", "0")[0].items()}
+    assert plan["source"] == str(node.paths.legacy) and plan["same_filesystem"] is True
+    path, state, phases, finished = follow(bus.address, "Migrate", {})
+    assert finished[0] == "completed" and finished[1].startswith("committed: 6 blobs and 3 manifests"), finished
+    assert path.startswith(names.JOBS_PATH + "/")
+    assert phases[:4] == ["copy", "manifests", "verify", "stop"] and phases[-2:] == ["start", "post-check"]
+    assert state.result["blobs"] == 6 and state.result["same_filesystem"] is True
+    assert readable_models(node.paths.canonical) == before
+    assert ollama.calls[-2:] == ["stop ollama.service", "start ollama.service"]
+    status = call(bus.address, "Status")[0]
+    assert status["features"]["data"]["migrate"] == "ready"
+    assert status["jobs"]["data"][path] == f"migrate completed: {finished[1]}"
+    _, _, _, done = follow(bus.address, "Rollback", {})
+    assert done[0] == "completed" and done[1].startswith("rolled back") and not node.paths.legacy.is_symlink()
+
+
+def test_a_second_mutating_job_is_busy(
+    bus: PrivateBus, start_hxd: StartHxd, node: Config, ollama: OllamaService
+) -> None:
+    start(start_hxd, node)
+    ollama.stop_delay = 1.5
+    first = call(bus.address, "Migrate", "a{sv}", "0")[0]
+    busy = call(bus.address, "Rollback", "a{sv}", "0", check=False)
+    assert busy.stderr.strip() == f"Call failed: migrate job {first} is running; wait for it or cancel it"
+    deadline = time.monotonic() + 30
+    while call(bus.address, "Status")[0]["jobs"]["data"][first].startswith("migrate running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_an_interrupted_migration_is_reported_and_resumed(
+    bus: PrivateBus, start_hxd: StartHxd, node: Config, ollama: OllamaService
+) -> None:
+    holder: list[JobControl] = []
+
+    def cancel_in_copy(state: JobState, changed: frozenset[str]) -> None:
+        if state.phase == "copy":
+            holder[0].cancel()
+
+    control = JobControl("migrate", cancel_in_copy)
+    holder.append(control)
+    with pytest.raises(Exception, match="cancelled"):
+        Migration(node, ollama, control).run({}, resume=False)
+    start(start_hxd, node)
+    feature = call(bus.address, "Status")[0]["features"]["data"]["migrate"]
+    assert feature.startswith("migration ") and "interrupted (copying): run `hxctl migrate --resume`" in feature
+    _, _, _, finished = follow(bus.address, "Migrate", {})
+    assert finished[0] == "failed" and "was interrupted (copying)" in finished[1]
+    _, _, _, finished = follow(bus.address, "Migrate", {"resume": Variant("b", True)})
+    assert finished[0] == "completed" and finished[1].startswith("committed")
+    assert call(bus.address, "Status")[0]["features"]["data"]["migrate"] == "ready"
+
+
+def test_plan_refusals_reach_the_caller(bus: PrivateBus, start_hxd: StartHxd, node: Config) -> None:
+    start(start_hxd, node)
+    refused = call(bus.address, "PlanMigration", "a{sv}", "1", "source", "s", "/nonexistent/store", check=False)
+    assert refused.stderr.strip() == "Call failed: refused: the source path /nonexistent/store does not exist"
+    assert not os.path.lexists(node.paths.canonical)

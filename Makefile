@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Debian packages the demo and the tests need.
-DEB_PACKAGES := dbus python3-venv make systemd util-linux
+DEB_PACKAGES := dbus python3-venv make systemd util-linux rsync
 # Debian packages `make deb` and `make e2e` need (`make deps-e2e` installs them).
 DEB_BUILD_PACKAGES := debhelper dpkg-dev git lintian python3-pip python3.11-venv \
 	mmdebstrap debian-archive-keyring mount systemd-container util-linux
@@ -60,6 +60,7 @@ lock:
 bench: venv
 	$(BIN)/python bench/foundation.py
 	$(BIN)/python bench/telemetry.py
+	$(BIN)/python bench/migrate.py
 
 # The .deb: a source tree under build/deb from `git ls-files` plus packaging/debian as debian/, the wheels pinned
 # by requirements.lock (and the setuptools that builds hxd's wheel, pinned by requirements-dev.lock) downloaded

@@ -34,10 +34,11 @@ from hxd.bus.jobs import JobManager
 from hxd.bus.manager import Manager
 from hxd.bus.systemd import SystemdController
 from hxd.core.config import DEFAULT_CONFIG_PATH, dump_config, load_config
-from hxd.core.engine import Engine, Timer
+from hxd.core.engine import Engine, Timer, stamp_path
 from hxd.core.errors import HxdError, InvalidConfig
 from hxd.core.metrics import render
-from hxd.core.schedule import Interval
+from hxd.core.schedule import Calendar, Interval, write_stamp
+from hxd.core.smoke import last_smoke
 from hxd.core.threads import in_daemon_thread
 from hxd.metrics_server import bind, listen_fds, serve
 
@@ -116,6 +117,9 @@ class Daemon:
             else None
         )
         self.engine.observers.append(self._facts_changed)
+        watchdog = asyncio.create_task(self._watchdog())
+        self._schedule()
+        history = asyncio.create_task(self._load_smoke_history())
         self.notify("READY=1", f"STATUS=hxd {__version__}: running")
         log.info(
             "hxd ready",
@@ -126,12 +130,10 @@ class Daemon:
         )
         if self.engine.features["migrate"] != "ready":
             log.warning("an interrupted migration needs attention", detail=self.engine.features["migrate"])
-        watchdog = asyncio.create_task(self._watchdog())
-        self._schedule()
         disconnected = asyncio.create_task(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
         stopping = asyncio.create_task(self.stop.wait())
         await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (watchdog, *self.timer_tasks):
+        for task in (watchdog, history, *self.timer_tasks):
             task.cancel()
         if metrics is not None:
             metrics.close()
@@ -220,6 +222,14 @@ class Daemon:
         if self.engine.timers is not self.scheduled and self.engine.state != "stopping":
             self._schedule()
 
+    async def _load_smoke_history(self) -> None:
+        """LastSmoke from the results file (up to smoke.rotate_size_mb of JSON lines: read in a thread)."""
+        try:
+            self.engine.last_smoke = await asyncio.to_thread(last_smoke, self.engine.config)
+            self.engine.notify("last_smoke")
+        except HxdError as exc:
+            log.warning("cannot read the smoke history", error=str(exc))
+
     async def _fire(self, name: str) -> None:
         """What each timer does. Work runs as jobs in worker threads; a busy node skips a run rather than queue it."""
         manager = self.manager
@@ -228,6 +238,11 @@ class Daemon:
                 log.info("audit skipped: a job is running", jobs=len(manager.jobs.running()))
                 return
             await _guarded(name, manager.audit(fix=False))
+        elif name == "smoke":
+            if manager.jobs.running():
+                log.info("smoke skipped: a job is running", jobs=len(manager.jobs.running()))
+                return
+            await _guarded(name, manager.jobs.outcome(manager.start_smoke(None)))
         elif name == "telemetry":
             telemetry = self.engine.telemetry
             if telemetry.due(time.monotonic()):  # False while NVML is backing off, or a sample still runs
@@ -265,6 +280,15 @@ class Daemon:
             self.engine.notify("timers")
             await asyncio.sleep(max(delay, 0))
             timer.last_run = datetime.now(UTC)
+            if isinstance(timer.schedule, Calendar):  # stamped before the run, as systemd stamps its timers
+                try:
+                    await asyncio.to_thread(write_stamp, stamp_path(self.engine.config, timer.name), timer.last_run)
+                except OSError as exc:
+                    log.warning(
+                        "cannot record the timer's run; a restart may run it again",
+                        timer=timer.name,
+                        error=exc.strerror,
+                    )
             await self._fire(timer.name)
             if isinstance(timer.schedule, Interval):
                 # Skip runs missed while the loop was busy instead of firing them in a burst.

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -204,3 +205,31 @@ def test_plan_refusals_reach_the_caller(bus: PrivateBus, start_hxd: StartHxd, no
     refused = call(bus.address, "PlanMigration", "a{sv}", "1", "source", "s", "/nonexistent/store", check=False)
     assert refused.stderr.strip() == "Call failed: refused: the source path /nonexistent/store does not exist"
     assert not os.path.lexists(node.paths.canonical)
+
+
+def hxctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from hxd.cli import main; raise SystemExit(main())", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_hxctl_migrate_and_rollback(bus: PrivateBus, start_hxd: StartHxd, node: Config, ollama: OllamaService) -> None:
+    start(start_hxd, node)
+    plan = hxctl("--bus", bus.address, "migrate", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.startswith("plan (nothing was changed)\n") and "same_filesystem" in plan.stdout
+    assert not os.path.lexists(node.paths.canonical / "blobs")
+    migrated = hxctl("--bus", bus.address, "migrate", "--json")
+    assert migrated.returncode == 0, migrated.stderr
+    result = json.loads(migrated.stdout)
+    assert result["blobs"] == 6 and isinstance(result["backups"], list)
+    assert "copy" in migrated.stderr and "post-check" in migrated.stderr  # progress, one line per phase
+    again = hxctl("--bus", bus.address, "migrate")
+    assert again.returncode == 1 and "already is the canonical layout" in again.stderr
+    rolled = hxctl("--bus", bus.address, "rollback", "--json")
+    assert rolled.returncode == 0, rolled.stderr
+    assert json.loads(rolled.stdout)["undone"][0] == "env"
+    assert not node.paths.legacy.is_symlink()

@@ -74,13 +74,13 @@ class Job(HxdInterface):
     def state(self) -> JobState:
         return self.control.state
 
-    def changed(self, fields: frozenset[str]) -> None:
-        """Called on the event loop (the manager hops there) with the JobState fields that changed."""
+    def snapshot(self, fields: frozenset[str]) -> dict[str, Any]:
+        """The properties behind the JobState fields that changed, read now: called in the worker thread, so a
+        phase that lasts less than one loop turn is still announced with its own values."""
         props = {_PROPERTY[f] for f in fields if f in _PROPERTY}
         if props & {"BytesDone", "BytesTotal", "ItemsDone", "ItemsTotal", "State"}:
             props.add("Progress")
-        values = {name: getattr(self, name) for name in props}
-        self.emit_properties_changed(values)
+        return {name: getattr(self, name) for name in props}
 
     @method()
     def Cancel(self) -> None:
@@ -146,9 +146,11 @@ class JobManager:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self, kind: str, action: str, work: Work, *, exclusive: bool = True) -> str:
-        """Export a job running ``work`` in a thread and return its path; ``exclusive`` jobs refuse to overlap."""
+        """Export a job running ``work`` in a thread and return its path. An ``exclusive`` job (one that changes
+        files or stops Ollama) runs alone; others run beside each other but not beside an exclusive one, and one of
+        each kind at a time."""
         for path, other in self.jobs.items():
-            if other.state.state == "running" and (other.exclusive if exclusive else other.state.kind == kind):
+            if other.state.state == "running" and (exclusive or other.exclusive or other.state.kind == kind):
                 raise Busy(f"{other.state.kind} job {path} is running; wait for it or cancel it")
         loop = asyncio.get_running_loop()
         path = f"{names.JOBS_PATH}/{self._next}"
@@ -156,7 +158,7 @@ class JobManager:
         holder: list[Job] = []
 
         def from_worker(_state: JobState, fields: frozenset[str]) -> None:
-            loop.call_soon_threadsafe(holder[0].changed, fields)
+            loop.call_soon_threadsafe(holder[0].emit_properties_changed, holder[0].snapshot(fields))
 
         control = JobControl(kind, from_worker)
         job = Job(control, self._authority, action, exclusive)
@@ -195,6 +197,16 @@ class JobManager:
         self._bus.unexport(path, job)
         del self.jobs[path]
         self._on_change()
+
+    def after(self, path: str, callback: Callable[[JobState], object]) -> None:
+        """Call ``callback`` on the event loop once the job at ``path`` has ended (a recorder of its outcome)."""
+
+        async def wait() -> None:
+            callback(await self.outcome(path))
+
+        task = asyncio.create_task(wait())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def outcome(self, path: str) -> JobState:
         """Wait for the job at ``path`` to end; for methods that answer with a job's result (Audit)."""

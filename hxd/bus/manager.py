@@ -5,6 +5,7 @@ properties, and a change to any of them is sent as PropertiesChanged so clients 
 """
 
 import asyncio
+import json
 import os
 from typing import Annotated, Any
 
@@ -22,8 +23,10 @@ from hxd.core.engine import Engine
 from hxd.core.errors import Cancelled, Failed, InvalidArgs
 from hxd.core.jobs import JobControl
 from hxd.core.migrate.runner import Migration
+from hxd.core.modelref import BadReference, ModelRef, parse_ref
 from hxd.core.schedule import iso
 from hxd.core.service import ServiceController
+from hxd.core.smoke import SmokeRun
 from hxd.core.telemetry import rows
 from hxd.core.threads import in_daemon_thread
 from hxd.core.validate import Options, Report
@@ -63,6 +66,7 @@ _PROPERTIES = {
     "jobs": "Jobs",
     "last_audit": "LastAudit",
     "telemetry": "LastTelemetry",
+    "last_smoke": "LastSmoke",
 }
 
 
@@ -205,6 +209,28 @@ class Manager(HxdInterface):
         self.engine.record_telemetry()
         return [{k: Variant("s", v) for k, v in row.items()} for row in rows(sample)]
 
+    @method(action=names.ACTION_SMOKE)
+    async def RunSmoke(self, options: DBusDict) -> DBusObjectPath:
+        """Run the smoke tests now, as a job; option models (as) replaces the configured models. The job's Result
+        has runs (s): the run as JSON, as `hxctl smoke --json` prints it."""
+        try:
+            models = [parse_ref(n) for n in parse_options(options, {"models": "as"}).get("models", [])]
+        except BadReference as exc:
+            raise InvalidArgs(f"option models: {exc}") from None
+        return self.start_smoke(models or None)
+
+    def start_smoke(self, models: list[ModelRef] | None) -> str:
+        """Start a smoke job (the nightly timer calls this too) and record its run when it ends."""
+        runs: list[SmokeRun] = []
+
+        def work(control: JobControl) -> dict[str, Any]:
+            runs.append(self.engine.smoke(models, control))
+            return {"message": runs[0].describe(), "runs": json.dumps(runs[0].to_json())}
+
+        path = self.jobs.start("smoke", names.ACTION_SMOKE, work, exclusive=False)
+        self.jobs.after(path, lambda _state: self.engine.record_smoke(runs[0]) if runs else None)
+        return path
+
     def _migration(self, control: JobControl) -> Migration:
         return Migration(self.engine.config, self.controller, control)
 
@@ -256,3 +282,7 @@ class Manager(HxdInterface):
     def LastTelemetry(self) -> Rows:
         last = self.engine.telemetry.last
         return [] if last is None else [{k: Variant("s", v) for k, v in row.items()} for row in rows(last)]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastSmoke(self) -> DBusDict:
+        return to_variants(self.engine.last_smoke)

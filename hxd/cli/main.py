@@ -9,7 +9,7 @@ from pathlib import Path
 from hxd import __version__
 from hxd import log as hxd_log
 from hxd.bus.connection import BUS_HELP
-from hxd.cli import audit, status, telemetry, validate
+from hxd.cli import audit, migrate, smoke, status, telemetry, validate
 from hxd.cli.client import CallFailed, Unreachable
 from hxd.cli.common import ERROR_EXIT, EXIT_CODES, EXIT_FAILED, EXIT_UNREACHABLE
 from hxd.core.config import DEFAULT_CONFIG_PATH
@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_parsers(commands)
     audit.add_parser(commands)
     telemetry.add_parser(commands)
+    migrate.add_parsers(commands)
+    smoke.add_parser(commands)
     return parser
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -22,8 +23,10 @@ from hxd.core.envfile import read_envfile, read_envfile_fd
 from hxd.core.errors import InvalidConfig
 from hxd.core.jobs import JobControl
 from hxd.core.migrate.runner import interrupted
+from hxd.core.modelref import ModelRef
 from hxd.core.paths import check_paths
-from hxd.core.schedule import Calendar, Interval, iso, randomized
+from hxd.core.schedule import Calendar, Interval, iso, next_run
+from hxd.core.smoke import SmokeRun, run_smoke
 from hxd.core.telemetry import Telemetry, csv_path
 from hxd.core.validate import Options, Report, validate
 
@@ -44,8 +47,6 @@ FACTS = (
 )
 STATES = ("starting", "running", "degraded", "stopping", "offline")
 # What the features do not yet do in this version; each issue that lands one replaces its entry.
-FEATURES = ("smoke",)
-NOT_AVAILABLE = "unavailable: not in this version"
 
 Observer = Callable[[frozenset[str]], None]
 
@@ -61,9 +62,10 @@ class Timer:
     last_run: datetime | None = None
 
     def plan_calendar(self, now: datetime, rng: random.Random) -> datetime:
-        """Next wall-clock run of a calendar timer, randomized like ``RandomizedDelaySec=``."""
+        """Next wall-clock run of a calendar timer: randomized like ``RandomizedDelaySec=``, and caught up once
+        after a run missed while hxd was down, like ``Persistent=true``."""
         assert isinstance(self.schedule, Calendar)
-        return randomized(self.schedule.next_after(now), self.randomized_delay_sec, rng)
+        return next_run(self.schedule, self.last_run, now, self.randomized_delay_sec, rng)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Status:
     jobs: dict[str, str]
     last_audit: dict[str, int | str]
     last_validation: dict[str, int | str]
+    last_smoke: dict[str, Any]
 
 
 @dataclass
@@ -96,18 +99,14 @@ class Engine:
     start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
     started_monotonic: float = field(default_factory=time.monotonic)
     features: dict[str, str] = field(
-        default_factory=lambda: {
-            "validate": "ready",
-            "migrate": "ready",
-            "audit": "ready",
-            **dict.fromkeys(FEATURES, NOT_AVAILABLE),
-        }
+        default_factory=lambda: dict.fromkeys(("validate", "migrate", "telemetry", "smoke", "audit"), "ready")
     )
     timers: dict[str, Timer] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
     jobs: dict[str, str] = field(default_factory=dict)  # job path -> "kind: state (phase, progress)"
     last_audit: dict[str, int | str] = field(default_factory=dict)  # time, errors, warnings, infos, scanned, changes
     last_validation: dict[str, int | str] = field(default_factory=dict)  # time, file, errors, warnings
+    last_smoke: dict[str, Any] = field(default_factory=dict)  # SmokeRun.summary() of the last run
     observers: list[Observer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -212,6 +211,26 @@ class Engine:
         log.info("audit finished", **summary)
         self.notify("features", "last_audit")
 
+    def smoke(self, models: list[ModelRef] | None, control: JobControl) -> SmokeRun:
+        """Run the smoke tests (blocking: in the job's worker thread), then ``record_smoke`` on the event loop."""
+        return run_smoke(self.config, models, control, datetime.now(UTC))
+
+    def record_smoke(self, run: SmokeRun) -> None:
+        self.last_smoke = run.summary()
+        self.features["smoke"] = f"ready (last run {iso(run.time)}: {run.describe()})"
+        for m in run.models:
+            if not m.ok:
+                log.warning("smoke test failed", model=m.name or m.model, failure=m.failure, reason=m.reason)
+            elif m.regression:
+                log.warning(
+                    "first-token latency regression",
+                    model=m.name,
+                    first_token_sec=m.first_token_sec,
+                    median7_sec=m.baseline_sec,
+                )
+        log.info("smoke run finished", summary=run.describe())
+        self.notify("features", "last_smoke")
+
     def uptime_sec(self) -> float:
         return time.monotonic() - self.started_monotonic
 
@@ -230,7 +249,13 @@ class Engine:
             jobs=dict(self.jobs),
             last_audit=dict(self.last_audit),
             last_validation=dict(self.last_validation),
+            last_smoke=dict(self.last_smoke),
         )
+
+
+def stamp_path(config: Config, timer: str) -> Path:
+    """Where a calendar timer's last run is kept (written when it fires), for the catch-up after downtime."""
+    return config.paths.state_dir / f"{timer}.last"
 
 
 def build_timers(config: Config) -> dict[str, Timer]:

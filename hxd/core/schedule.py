@@ -5,6 +5,10 @@ Operators already know systemd.time(7), so the smoke schedule is written the sam
 list, an optional ``[year-]month-day`` date, a ``hour:minute[:second]`` time, an optional time zone (``UTC`` or an
 IANA name; none means local time), and the shorthands minutely, hourly, daily, weekly, monthly, yearly. Each date
 and time component is ``*``, a number, a list ``a,b``, a range ``a..b`` or a repetition ``a/step``.
+
+Calendar timers are persistent, like ``Persistent=true``: the time of the last run is kept in a stamp file, and a run
+missed while hxd was down happens once, soon after start (``next_run``). The arithmetic takes the clock and the
+random source as arguments, so it is tested without waiting.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from hxd.core.atomic import replace_file
 
 _WEEKDAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
 _SHORTHANDS = {
@@ -168,6 +175,39 @@ def randomized(moment: datetime, max_delay_sec: int, rng: random.Random) -> date
     if max_delay_sec <= 0:
         return moment
     return moment + timedelta(seconds=rng.uniform(0, max_delay_sec))
+
+
+def next_run(
+    calendar: Calendar, last_run: datetime | None, now: datetime, max_delay_sec: int, rng: random.Random
+) -> datetime:
+    """When a persistent calendar timer runs next, as systemd computes it for ``Persistent=true``.
+
+    The next calendar event after the last run, randomized; if that moment has passed (hxd was down, or stopped
+    before the delayed run), the run is due now: once, however many events were missed, because the run it starts
+    becomes the new last run. Without a last run (first start) the next event after ``now``. A last run in the
+    future (the clock was set back) counts as now, so the timer is not silenced until the clock catches up.
+    """
+    if last_run is None:
+        return randomized(calendar.next_after(now), max_delay_sec, rng)
+    due = randomized(calendar.next_after(min(last_run, now)), max_delay_sec, rng)
+    return max(due, now).astimezone(UTC)
+
+
+def read_stamp(path: Path) -> datetime | None:
+    """The time in a stamp file written by ``write_stamp``; None when there is none or it is unreadable, which
+    means "never ran" (no catch-up), as systemd treats a missing stamp."""
+    try:
+        moment = datetime.fromisoformat(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def write_stamp(path: Path, moment: datetime) -> None:
+    """Record ``moment`` in ``path`` as one ISO-8601 line (``2026-11-28T00:11:42Z``), atomically: a crash leaves
+    the old stamp or the new one, never a torn one. Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_file(path, f"{iso(moment)}\n".encode(), mode=0o644)
 
 
 def iso(moment: datetime) -> str:

@@ -1,9 +1,10 @@
 """GPU telemetry: NVML samples on hxd's interval timer, appended to a CSV log and served as Prometheus metrics.
 
-The parts: ``smi`` (nvidia-smi's names, units and spelling), ``sampler`` (NVML to a Sample), ``csvlog`` (the CSV
-file: header, rotation, torn lines), ``metrics`` (Prometheus lines). ``Telemetry`` ties them together for the
-daemon and for ``hxctl --offline telemetry``, and keeps what can go wrong in a one-line ``state`` instead of
-raising or logging at every sample: NVML unavailable (retried with back-off), a GPU lost, the disk full.
+The parts: ``smi`` (nvidia-smi's names, units and spelling), ``sampler`` (NVML to a Sample), ``metrics``
+(Prometheus lines); the CSV file is an hxd.core.logfile.AppendLog with nvidia-smi's header. ``Telemetry`` ties
+them together for the daemon and for ``hxctl --offline telemetry``, and keeps what can go wrong in a one-line
+``state`` instead of raising or logging at every sample: NVML unavailable (retried with back-off), a GPU lost, the
+disk full.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from types import ModuleType
 import structlog
 
 from hxd.core.config import Config, TelemetryConfig
+from hxd.core.logfile import AppendLog
 from hxd.core.schedule import iso
 from hxd.core.telemetry import smi
-from hxd.core.telemetry.csvlog import CsvLog
 from hxd.core.telemetry.metrics import metric_lines
 from hxd.core.telemetry.sampler import LostGpu, Sample, Sampler, Unavailable
 
@@ -104,12 +105,12 @@ class Telemetry:
     def configure(self, path: Path, settings: TelemetryConfig) -> None:
         """Take a reloaded configuration; the next attempt uses it."""
         self._interval = float(settings.interval_sec)
-        self._log = CsvLog(
+        self._log = AppendLog(
             path,
-            smi.HEADER,
             max_bytes=settings.rotate_size_mb * 1024 * 1024,
-            max_age=timedelta(days=settings.rotate_age_days),
             keep=settings.keep,
+            header=smi.HEADER,
+            max_age=timedelta(days=settings.rotate_age_days),
         )
 
     def due(self, now: float) -> bool:

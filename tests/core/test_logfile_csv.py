@@ -15,8 +15,8 @@ import pytest
 import structlog
 
 from hxd.core.config import TelemetryConfig
+from hxd.core.logfile import AppendLog
 from hxd.core.telemetry import Telemetry, smi
-from hxd.core.telemetry.csvlog import CsvLog
 from hxd.fakenvml import FakeNvml, h100
 
 T0 = datetime(2026, 7, 14, 8, 0, tzinfo=UTC)
@@ -27,8 +27,8 @@ def row(moment: datetime, value: int = 0) -> str:
     return f"{moment.strftime('%Y-%m-%dT%H:%M:%SZ')}, {value}"
 
 
-def make_log(tmp_path: Path, max_bytes: int = 1 << 20, days: int = 7, keep: int = 3) -> CsvLog:
-    return CsvLog(tmp_path / "gpu" / "telemetry.csv", HEADER, max_bytes, timedelta(days=days), keep)
+def make_log(tmp_path: Path, max_bytes: int = 1 << 20, days: int = 7, keep: int = 3) -> AppendLog:
+    return AppendLog(tmp_path / "gpu" / "telemetry.csv", max_bytes, keep, header=HEADER, max_age=timedelta(days=days))
 
 
 def test_header_once_per_file(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ Nothing here touches the system bus or system paths.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -14,9 +15,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Self
+
+from dbus_fast import NameFlag
+from dbus_fast.aio import MessageBus
+from dbus_fast.service import ServiceInterface
 
 DBUS_DAEMON = "dbus-daemon"
 # The Ollama stub ships in the source tree (tools/), not in the package: the sandbox runs from a checkout.
@@ -255,3 +261,37 @@ class OllamaStub:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+class BusService:
+    """D-Bus objects served on a private bus under a well-known name, from a thread with its own event loop, so a
+    test or the demo can drive hxd from the outside with blocking tools meanwhile (the stand-ins for polkit and
+    systemd use it)."""
+
+    def __init__(self, address: str, name: str, exports: dict[str, ServiceInterface]) -> None:
+        self.address = address
+        self.name = name
+        self.exports = exports
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)
+        self._bus: MessageBus | None = None
+
+    async def _start(self) -> None:
+        self._bus = await MessageBus(bus_address=self.address).connect()
+        for path, interface in self.exports.items():
+            self._bus.export(path, interface)
+        await self._bus.request_name(self.name, NameFlag.DO_NOT_QUEUE)
+
+    async def _stop(self) -> None:
+        assert self._bus is not None
+        self._bus.disconnect()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

@@ -8,18 +8,16 @@ end-to-end suite checks the same code against the real systemd in a booted Debia
 """
 
 import asyncio
-import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 
-from dbus_fast import DBusError, NameFlag, PropertyAccess
-from dbus_fast.aio import MessageBus
+from dbus_fast import DBusError, PropertyAccess
 from dbus_fast.annotations import DBusObjectPath, DBusSignature, DBusStr
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from hxd.core.envfile import read_envfile
-from hxd.sandbox import OllamaStub
+from hxd.sandbox import BusService, OllamaStub
 
 JobRemovedSignal = Annotated[tuple[int, str, str, str], DBusSignature("uoss")]
 UNIT_PATH = "/org/freedesktop/systemd1/unit/ollama_2eservice"
@@ -115,33 +113,12 @@ class _Manager(ServiceInterface):
         return id_, job, unit, result
 
 
-class MockSystemd:
+class MockSystemd(BusService):
     """``with MockSystemd(address, service):`` owns org.freedesktop.systemd1 on that bus, in its own thread."""
 
     def __init__(self, address: str, service: OllamaService, unit: str = "ollama.service") -> None:
-        self.address = address
-        self.manager = _Manager(service, unit)
-        self.unit = _Unit(service)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="mock-systemd")
-        self._bus: MessageBus | None = None
-
-    async def _start(self) -> None:
-        self._bus = await MessageBus(bus_address=self.address).connect()
-        self._bus.export("/org/freedesktop/systemd1", self.manager)
-        self._bus.export(UNIT_PATH, self.unit)
-        await self._bus.request_name("org.freedesktop.systemd1", NameFlag.DO_NOT_QUEUE)
-
-    async def _stop(self) -> None:
-        assert self._bus is not None
-        self._bus.disconnect()
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        super().__init__(
+            address,
+            "org.freedesktop.systemd1",
+            {"/org/freedesktop/systemd1": _Manager(service, unit), UNIT_PATH: _Unit(service)},
+        )

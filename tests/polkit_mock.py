@@ -1,20 +1,20 @@
 """A mock polkit authority on the private bus, as udisks' and python-dbusmock's tests use.
 
 It answers ``CheckAuthorization`` from a list of allowed actions, records every request (subject, action, flags),
-and can delay its answer so tests can hold a call in flight. It runs in a thread with its own event loop so a test
+and can delay its answer so tests can hold a call in flight. It runs in a thread (hxd.sandbox.BusService) so a test
 can drive hxd from the outside with blocking tools (busctl, signals).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Annotated, Any
 
-from dbus_fast import NameFlag, Variant
-from dbus_fast.aio import MessageBus
+from dbus_fast import Variant
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface, dbus_method
+
+from hxd.sandbox import BusService
 
 Subject = Annotated[tuple[str, dict[str, Variant]], DBusSignature("(sa{sv})")]
 Details = Annotated[dict[str, str], DBusSignature("a{ss}")]
@@ -40,31 +40,11 @@ class Authority(ServiceInterface):
         return (action_id in self.allowed, False, {})
 
 
-class MockPolkit:
+class MockPolkit(BusService):
     """Start with ``with MockPolkit(address) as polkit:``; set ``polkit.authority.allowed``."""
 
     def __init__(self, address: str) -> None:
-        self.address = address
         self.authority = Authority()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._bus: MessageBus | None = None
-
-    async def _start(self) -> None:
-        self._bus = await MessageBus(bus_address=self.address).connect()
-        self._bus.export("/org/freedesktop/PolicyKit1/Authority", self.authority)
-        await self._bus.request_name("org.freedesktop.PolicyKit1", NameFlag.DO_NOT_QUEUE)
-
-    async def _stop(self) -> None:
-        assert self._bus is not None
-        self._bus.disconnect()
-
-    def __enter__(self) -> MockPolkit:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        super().__init__(
+            address, "org.freedesktop.PolicyKit1", {"/org/freedesktop/PolicyKit1/Authority": self.authority}
+        )

@@ -7,7 +7,7 @@ from typing import Any
 from dbus_fast import Message, MessageType, Variant
 
 from hxd.bus import names
-from hxd.bus.connection import connect, describe
+from hxd.bus.connection import HxdBus, connect, describe
 
 # D-Bus errors that mean "nobody owns org.hxinfra.hxd1" rather than "hxd said no".
 _NOT_RUNNING = (
@@ -30,6 +30,33 @@ class CallFailed(Exception):
         self.short_name = error_name.removeprefix(names.ERROR_PREFIX)
 
 
+async def open_bus(spec: str) -> HxdBus:
+    """A connection to the bus hxd is on, or Unreachable with what to do."""
+    try:
+        return await connect(spec)
+    except Exception as exc:
+        raise Unreachable(
+            f"cannot connect to {describe(spec)}: {exc.strerror if isinstance(exc, OSError) else exc}; "
+            "is dbus running? (use --bus to pick another bus, or --offline to run without hxd)"
+        ) from None
+
+
+def checked(reply: Message | None, spec: str) -> list[Any]:
+    """A reply's body with variants unwrapped; an error reply raised as Unreachable (nobody owns hxd's name) or
+    CallFailed (hxd, or the bus, said no)."""
+    assert reply is not None
+    if reply.message_type == MessageType.ERROR:
+        error_name = reply.error_name or ""
+        text = reply.body[0] if reply.body else error_name
+        if error_name in _NOT_RUNNING:
+            raise Unreachable(
+                f"hxd is not running on {describe(spec)} ({names.BUS_NAME} has no owner): "
+                "start it with `systemctl start hxd`, or use --offline"
+            )
+        raise CallFailed(error_name, text)
+    return [unwrap(value) for value in reply.body]
+
+
 async def call(
     spec: str, member: str, signature: str = "", body: list[Any] | None = None, unix_fds: list[int] | None = None
 ) -> list[Any]:
@@ -37,13 +64,7 @@ async def call(
 
     A file descriptor argument (``h``) is written in ``body`` as its index in ``unix_fds``, as on the wire.
     """
-    try:
-        bus = await connect(spec)
-    except Exception as exc:
-        raise Unreachable(
-            f"cannot connect to {describe(spec)}: {exc.strerror if isinstance(exc, OSError) else exc}; "
-            "is dbus running? (use --bus to pick another bus, or --offline to run without hxd)"
-        ) from None
+    bus = await open_bus(spec)
     try:
         reply = await bus.call(
             Message(
@@ -58,17 +79,7 @@ async def call(
         )
     finally:
         bus.disconnect()
-    assert reply is not None
-    if reply.message_type == MessageType.ERROR:
-        error_name = reply.error_name or ""
-        text = reply.body[0] if reply.body else error_name
-        if error_name in _NOT_RUNNING:
-            raise Unreachable(
-                f"hxd is not running on {describe(spec)} ({names.BUS_NAME} has no owner): "
-                "start it with `systemctl start hxd`, or use --offline"
-            )
-        raise CallFailed(error_name, text)
-    return [unwrap(value) for value in reply.body]
+    return checked(reply, spec)
 
 
 def unwrap(value: Any) -> Any:

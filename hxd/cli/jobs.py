@@ -19,8 +19,8 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from hxd.bus import names
-from hxd.bus.connection import bus_spec, connect, describe
-from hxd.cli.client import _NOT_RUNNING, CallFailed, Unreachable, unwrap
+from hxd.bus.connection import bus_spec
+from hxd.cli.client import CallFailed, Unreachable, checked, open_bus, unwrap
 from hxd.core.errors import Cancelled, Failed
 from hxd.core.jobs import JobState, Listener
 
@@ -64,13 +64,7 @@ def follow_job(
 
 
 async def _follow(spec: str, member: str, signature: str, body: list[Any], listener: Listener) -> JobState:
-    try:
-        bus = await connect(spec)
-    except Exception as exc:
-        raise Unreachable(
-            f"cannot connect to {describe(spec)}: {exc.strerror if isinstance(exc, OSError) else exc}; "
-            "is dbus running? (use --bus to pick another bus, or --offline to run without hxd)"
-        ) from None
+    bus = await open_bus(spec)
     signals: asyncio.Queue[Message] = asyncio.Queue()
     bus.add_message_handler(lambda message: signals.put_nowait(message) if _watched(message) else None)
     loop = asyncio.get_running_loop()
@@ -184,13 +178,4 @@ async def _call(
             body=body or [],
         )
     )
-    assert reply is not None
-    if reply.message_type == MessageType.ERROR:
-        error_name = reply.error_name or ""
-        if error_name in _NOT_RUNNING:
-            raise Unreachable(
-                f"hxd is not running on {describe(spec)} ({names.BUS_NAME} has no owner): "
-                "start it with `systemctl start hxd`, or use --offline"
-            )
-        raise CallFailed(error_name, reply.body[0] if reply.body else error_name)
-    return [unwrap(value) for value in reply.body]
+    return checked(reply, spec)

@@ -27,8 +27,11 @@ class OllamaService:
     """The stub as the unit: each start reads OLLAMA_MODELS from the env file (EnvironmentFile=, read at every
     exec) and listens on the same port, so clients find it again after a restart."""
 
-    def __init__(self, env_file: Path, workdir: Path, port: int, stop_delay: float = 0.0) -> None:
+    def __init__(
+        self, env_file: Path, workdir: Path, port: int, stop_delay: float = 0.0, behaviour: dict[str, Any] | None = None
+    ) -> None:
         self.env_file = env_file
+        self.behaviour = behaviour  # the stub's behaviour file: delays, token rates, failures (tools/ollama_stub.py)
         self.workdir = workdir
         self.port = port
         self.stop_delay = stop_delay  # to hold a job in its stop phase (tests of Busy, cancellation)
@@ -46,7 +49,7 @@ class OllamaService:
         self.calls.append(f"start {unit}")
         models = read_envfile(self.env_file).environment["OLLAMA_MODELS"]
         env = {"OLLAMA_HOST": f"127.0.0.1:{self.port}", "OLLAMA_MODELS": models}
-        self.stub = OllamaStub(self.workdir, None).start(env=env)
+        self.stub = OllamaStub(self.workdir, None, self.behaviour).start(env=env)
 
     def stop(self, unit: str) -> None:
         self.calls.append(f"stop {unit}")

@@ -1,70 +1,122 @@
-"""``make demo``: hxd end to end in a sandbox, with nothing touched outside a temporary directory.
+"""``make demo``: hxd end to end on a sandbox node, with nothing touched outside a temporary directory.
 
-Starts a private dbus-daemon, writes a sandbox hxd.toml, runs hxd on it the way systemd would (NOTIFY_SOCKET,
-watchdog), then asks it for its status with hxctl and with busctl, reloads it, and stops it cleanly.
+The sandbox is llm-01 before the alignment: the sample models in a real directory at the legacy path, the seed's
+ollama.env pointing there, and the Ollama stub running as "ollama.service" (behind a stand-in for systemd on a
+private bus). hxd runs on that bus the way systemd would start it (NOTIFY_SOCKET, watchdog); the demo then asks it
+for its status, validates the env file, migrates the store to the canonical layout, validates again, runs the
+smoke tests, audits, and stops it. The Ollama account is the current user's, so no root is needed.
 """
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from hxd.bus import names
+from hxd.samplestore import make_node
 from hxd.sandbox import HxdProcess, NotifySocket, PrivateBus, write_config
+from hxd.sandbox_systemd import MockSystemd, OllamaService
 
 BIN = Path(sys.executable).parent
 
 
-def show(command: list[str]) -> None:
+def show(command: list[str], ok: tuple[int, ...] = (0,)) -> None:
+    """Run and print a command; an exit status outside ``ok`` ends the demo."""
     print(f"\n$ {shlex.join(command)}", flush=True)
     result = subprocess.run(command, text=True, capture_output=True)
     print((result.stdout + result.stderr).rstrip())
-    if result.returncode != 0:
+    if result.returncode not in ok:
         raise SystemExit(f"demo: the command above failed with exit status {result.returncode}")
+
+
+def hxctl(address: str, *args: str, ok: tuple[int, ...] = (0,)) -> None:
+    show([str(BIN / "hxctl"), "--bus", address, *args], ok)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hxd-demo-") as tmp:
         root = Path(tmp)
-        with PrivateBus(root) as bus, NotifySocket(root / "notify") as notify:
-            print(f"private bus: {bus.address}")
-            config = write_config(root)
-            print(f"sandbox config: {config}")
-            with HxdProcess(bus.address, config, notify, watchdog_usec=30_000_000) as hxd:
-                hxd.start()
-                print(f"hxd ready after {hxd.wait_ready() * 1000:.0f} ms (READY=1 on NOTIFY_SOCKET)")
-                show([str(BIN / "hxctl"), "--bus", bus.address, "status"])
-                show(
-                    [
-                        "busctl",
-                        f"--address={bus.address}",
-                        "call",
-                        names.BUS_NAME,
-                        names.MANAGER_PATH,
-                        names.MANAGER_INTERFACE,
-                        "Status",
-                    ]
-                )
-                show(
-                    [
-                        "busctl",
-                        f"--address={bus.address}",
-                        "call",
-                        names.BUS_NAME,
-                        names.MANAGER_PATH,
-                        names.MANAGER_INTERFACE,
-                        "Reload",
-                    ]
-                )
-                show([str(BIN / "hxctl"), "--offline", "--config", str(config), "status"])
-                code = hxd.stop()
-                notify.wait_for("STOPPING=1")
-                print(f"\nhxd stopped with exit status {code}; sd_notify messages: {notify.messages}")
-                print("\nhxd's log:\n" + hxd.log().rstrip())
-                return code
+        port = free_port()
+        user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+        config = write_config(root, f'[ollama]\nurl = "http://127.0.0.1:{port}"\nuser = "{user}"\ngroup = "{group}"\n')
+        legacy = root / "opt/hx-infrastructure/llm-01/models/production"
+        env_file = root / "opt/hx-infrastructure/llm-01/config/ollama/ollama.env"
+        make_node(root / "mnt/active_llm_models", root / "data/llm_bulk_storage", legacy, env_file, migrated=False)
+        print(f"sandbox node llm-01 (before the alignment) in {root}: the store at {legacy}")
+        # The seed's first-token latencies, scaled down tenfold so the demo stays quick.
+        behaviour = {
+            "models": {
+                "*": {"token_rate": 200, "tokens": 16, "load_delay": 0.2},
+                "llama3.2:3b": {"first_token_delay": 0.164},
+                "qwen3:1.7b": {"first_token_delay": 0.198},
+                "mistral-small3.2": {"first_token_delay": 0.544},
+            }
+        }
+        ollama = OllamaService(env_file, root, port, behaviour=behaviour)
+        ollama.start("ollama.service")
+        try:
+            with PrivateBus(root) as bus, MockSystemd(bus.address, ollama), NotifySocket(root / "notify") as notify:
+                print(f"private bus: {bus.address}; ollama.service: the Ollama stub on {ollama.url}")
+                with HxdProcess(bus.address, config, notify, watchdog_usec=30_000_000) as hxd:
+                    hxd.start()
+                    print(f"hxd ready after {hxd.wait_ready() * 1000:.0f} ms (READY=1 on NOTIFY_SOCKET)")
+                    tour(bus.address, config)
+                    code = hxd.stop()
+                    notify.wait_for("STOPPING=1")
+                    print(f"\nhxd stopped with exit status {code}; sd_notify: {notify.messages[:3]} ...")
+                    print("\nhxd's log:\n" + hxd.log().rstrip())
+                    return code
+        finally:
+            ollama.stop("ollama.service")
+
+
+def tour(address: str, config: Path) -> None:
+    hxctl(address, "status")
+    show(
+        [
+            "busctl",
+            f"--address={address}",
+            "call",
+            names.BUS_NAME,
+            names.MANAGER_PATH,
+            names.MANAGER_INTERFACE,
+            "PlanMigration",
+            "a{sv}",
+            "0",
+        ]
+    )
+    hxctl(address, "validate", "--store", "--server", ok=(1,))  # before: OLLAMA_MODELS is not the canonical path
+    hxctl(address, "migrate", "--dry-run")
+    hxctl(address, "migrate")
+    hxctl(address, "validate", "--strict", "--store", "--deep", "--server")
+    hxctl(address, "smoke")
+    hxctl(address, "audit", ok=(0, 1))
+    hxctl(address, "telemetry", ok=(0, 1))  # no GPU in a sandbox: NVML says why
+    show(
+        [
+            "busctl",
+            f"--address={address}",
+            "call",
+            names.BUS_NAME,
+            names.MANAGER_PATH,
+            names.MANAGER_INTERFACE,
+            "Reload",
+        ]
+    )
+    show([str(BIN / "hxctl"), "--offline", "--config", str(config), "status"])
 
 
 if __name__ == "__main__":

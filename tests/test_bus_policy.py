@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,3 +138,19 @@ def test_other_interfaces_are_denied_to_unprivileged_users(system_bus: PrivateBu
     )
     assert result.returncode != 0
     assert "Access denied" in result.stderr or "AccessDenied" in result.stderr
+
+
+def test_unprivileged_audit_fix_is_refused(system_bus: PrivateBus, start_hxd: StartHxd) -> None:
+    start_hxd(address=system_bus.address)
+    command = [
+        sys.executable,
+        "-c",
+        "from hxd.cli import main; raise SystemExit(main())",
+        "--bus",
+        system_bus.address,
+        "audit",
+        "--fix",
+    ]
+    result = subprocess.run([*as_user("nobody"), *command], capture_output=True, text=True, timeout=60, cwd="/")
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.strip().endswith("only root may do this [NotAuthorized]")

@@ -3,6 +3,7 @@ client and parsed with prometheus-client's text-format parser."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -18,7 +19,8 @@ from busctl import busctl, status
 from conftest import StartHxd
 from prometheus_client.parser import text_string_to_metric_families
 
-from hxd.sandbox import NotifySocket, PrivateBus, write_config
+from hxd.samplestore import make_node
+from hxd.sandbox import NotifySocket, OllamaStub, PrivateBus, write_config
 
 
 def free_port() -> int:
@@ -165,3 +167,41 @@ def test_findings_and_jobs_appear_after_they_ran(bus: PrivateBus, start_hxd: Sta
     assert ("hxd_audit_findings", (("severity", "error"),)) in after
     assert not any(name == "hxd_validation_findings" for name, _ in after)
     assert after[("hxd_jobs", (("kind", "audit"), ("state", "completed")))] == 1
+
+
+def test_last_smoke_run_per_model(bus: PrivateBus, start_hxd: StartHxd, tmp_path: Path) -> None:
+    root = tmp_path / "node"
+    env_file = root / "ollama.env"
+    make_node(root / "canonical", root / "bulk", root / "legacy", env_file, migrated=False)
+    with OllamaStub(tmp_path, root / "legacy").start() as stub:
+        port = free_port()
+        start_hxd(
+            f'[metrics]\nlisten = "127.0.0.1:{port}"\n[ollama]\nurl = "{stub.url}"\n',
+            paths={"env_file": env_file, "legacy": root / "legacy"},
+        )
+        reply = busctl(
+            bus.address,
+            "--json=short",
+            "call",
+            "org.hxinfra.hxd1",
+            "/org/hxinfra/hxd1",
+            "org.hxinfra.hxd1.Manager",
+            "RunSmoke",
+            "a{sv}",
+            "0",
+        )
+        job = json.loads(reply.stdout)["data"][0]
+        deadline = time.monotonic() + 60
+        while True:
+            state = busctl(bus.address, "get-property", "org.hxinfra.hxd1", job, "org.hxinfra.hxd1.Job", "State")
+            if state.stdout.strip() != 's "running"':
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        values = samples(scrape(f"http://127.0.0.1:{port}/metrics")[1])
+    assert state.stdout.strip() == 's "completed"'
+    models = {labels[0][1] for name, labels in values if name == "hxd_smoke_ok"}
+    assert len(models) == 3 and {"llama3.2:3b", "qwen3:1.7b"} < models, models
+    for model in models:
+        assert values[("hxd_smoke_ok", (("model", model),))] == 1
+        assert values[("hxd_smoke_first_token_seconds", (("model", model),))] >= 0

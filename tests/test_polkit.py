@@ -108,3 +108,24 @@ def test_validate_asks_for_its_own_action(bus: PrivateBus, polkit: MockPolkit, s
     )
     assert denied.stderr.strip() == f"Call failed: {names.ACTION_VALIDATE}: not authorized (ask an administrator)"
     assert [r["action"] for r in polkit.authority.requests] == [names.ACTION_VALIDATE]
+
+
+def test_audit_fix_needs_both_actions(bus: PrivateBus, polkit: MockPolkit, start_hxd: StartHxd) -> None:
+    start_hxd()
+    polkit.authority.allowed = {names.ACTION_AUDIT}
+    refused = busctl(
+        bus.address,
+        "call",
+        names.BUS_NAME,
+        names.MANAGER_PATH,
+        names.MANAGER_INTERFACE,
+        "Audit",
+        "a{sv}",
+        "1",
+        "fix",
+        "b",
+        "true",
+        check=False,
+    )
+    assert refused.stderr.strip() == f"Call failed: {names.ACTION_AUDIT_FIX}: not authorized (ask an administrator)"
+    assert [r["action"] for r in polkit.authority.requests] == [names.ACTION_AUDIT, names.ACTION_AUDIT_FIX]

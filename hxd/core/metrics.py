@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 from hxd.core.engine import STATES, Status
 from hxd.core.promtext import family
@@ -43,6 +45,7 @@ def render(status: Status, extra: Sequence[str] = ()) -> str:
         ),
         *_findings("hxd_validation_findings", "Findings of the last validation, by severity.", status.last_validation),
         *_findings("hxd_audit_findings", "Findings of the last audit, by severity.", status.last_audit),
+        *_smoke(status.last_smoke),
         *family(
             "hxd_jobs",
             "Jobs on the bus (running, and finished in the last 5 minutes), by kind and state.",
@@ -56,6 +59,30 @@ def _findings(name: str, help_text: str, last: dict[str, int | str]) -> list[str
     if not last:
         return []  # nothing ran yet: no sample rather than a misleading 0
     return family(name, help_text, [({"severity": s}, float(last[f"{s}s"])) for s in ("error", "warning")])
+
+
+def _smoke(last: dict[str, Any]) -> list[str]:
+    """The last smoke run, per model (``LastSmoke``); nothing before the first run."""
+    models: dict[str, dict[str, Any]] = last.get("models", {})
+    if not models:
+        return []
+    return [
+        *family(
+            "hxd_smoke_ok",
+            "1 when the model passed the last smoke run (no failure, no regression).",
+            [({"model": m}, float(bool(r.get("ok")) and not r.get("regression"))) for m, r in models.items()],
+        ),
+        *family(
+            "hxd_smoke_first_token_seconds",
+            "Time to the first token in the last smoke run.",
+            [({"model": m}, float(r["first_token_sec"])) for m, r in models.items() if "first_token_sec" in r],
+        ),
+        *family(
+            "hxd_smoke_last_run_timestamp_seconds",
+            "When the last smoke run started (Unix time).",
+            [({}, datetime.fromisoformat(last["time"]).timestamp())] if last.get("time") else [],
+        ),
+    ]
 
 
 def _jobs(status: Status) -> Counter[tuple[str, str]]:

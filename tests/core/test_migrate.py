@@ -126,6 +126,8 @@ def test_same_filesystem_links_instead_of_copying(tmp_path: Path) -> None:
         ("missing", "refused: the source path"),
         ("not-a-store", "is not an Ollama store"),
         ("bulk-inside-source", "contain each other"),
+        ("source-inside-bulk", "contain each other"),
+        ("bulk-is-source", "contain each other"),
         ("bulk-has-data", "already holds data"),
         ("canonical-has-data", "which is not part of the canonical layout"),
         ("loop", "is a symlink loop"),
@@ -145,6 +147,10 @@ def test_refusals(tmp_path: Path, setup: str, message: str) -> None:
         overrides["source"] = str(tmp_path / "empty")
     elif setup == "bulk-inside-source":
         overrides["bulk"] = str(p.legacy / "bulk")
+    elif setup == "source-inside-bulk":
+        overrides["bulk"] = str(p.legacy.parent)
+    elif setup == "bulk-is-source":
+        overrides["bulk"] = str(p.legacy)
     elif setup == "bulk-has-data":
         (p.bulk / "blobs").mkdir(parents=True)
         (p.bulk / "blobs" / "stranger").write_text("x")

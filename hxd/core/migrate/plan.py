@@ -108,11 +108,11 @@ def make_plan(config: Config, t: Targets, *, resuming: bool = False) -> Plan:
     store = Store(source)
     if not (store.blobs_dir.is_dir() and store.manifests_dir.is_dir()):
         raise Failed(f"refused: {source} is not an Ollama store (no blobs/ and manifests/ in it)")
-    if not resuming and Path(os.path.realpath(t.bulk / "blobs")) == Path(os.path.realpath(store.blobs_dir)):
-        raise Failed(f"refused: {t.source} already is the canonical layout (its blobs are in {t.bulk}); nothing to do")
     bulk = Path(os.path.realpath(t.bulk))
     if bulk == source or _inside(bulk, source) or _inside(source, bulk):
         raise Failed(f"refused: the source {source} and the bulk storage {bulk} contain each other; pick another bulk")
+    if not resuming and Path(os.path.realpath(t.bulk / "blobs")) == Path(os.path.realpath(store.blobs_dir)):
+        raise Failed(f"refused: {t.source} already is the canonical layout (its blobs are in {t.bulk}); nothing to do")
     if t.canonical.is_symlink():
         raise Failed(f"refused: {t.canonical} is a symlink; the canonical path must be a directory (or not exist)")
     if os.path.realpath(t.legacy) != str(source) and _has_other_data(t.legacy):

@@ -7,12 +7,14 @@ copies the context into the task a coroutine handler runs in).
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from contextvars import ContextVar
+from functools import partial
 from typing import Any
 
-from dbus_fast import BusType, Message
+from dbus_fast import BusType, Message, MessageFlag
 from dbus_fast.aio import MessageBus
 from dbus_fast.service import ServiceInterface
 
@@ -22,11 +24,18 @@ BUS_HELP = "system (default), session, or a D-Bus address such as unix:path=/run
 
 
 class HxdBus(MessageBus):
-    """A MessageBus whose method handlers can see the message they are handling."""
+    """A MessageBus whose method handlers can see the message they are handling.
+
+    Synchronous methods (the read-only hot path, Status) get a handler of hxd's own: dbus-fast's searches every
+    reply for file descriptors to attach whenever descriptor passing is negotiated (hxd negotiates it to receive
+    ValidateFile's descriptor), which costs more than building Status's reply; hxd's replies never carry one.
+    """
 
     def _make_method_handler(
         self, interface: ServiceInterface, method: Any
     ) -> Callable[[Message, Callable[[Message], None]], None]:
+        if not inspect.iscoroutinefunction(method.fn):
+            return partial(_reply_without_descriptors, interface, method)
         inner = super()._make_method_handler(interface, method)
 
         def handler(msg: Message, send_reply: Callable[[Message], None]) -> None:
@@ -37,6 +46,20 @@ class HxdBus(MessageBus):
                 current_message.reset(token)
 
         return handler
+
+
+def _reply_without_descriptors(
+    interface: ServiceInterface, method: Any, msg: Message, send_reply: Callable[[Message], None]
+) -> None:
+    token = current_message.set(msg)
+    try:
+        result = method.fn(interface, *msg.body)
+    finally:
+        current_message.reset(token)
+    if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+        return
+    body, _ = ServiceInterface._fn_result_to_body(result, method.out_signature_tree, replace_fds=False)
+    send_reply(Message.new_method_return(msg, method.out_signature, body))
 
 
 def bus_spec(cli_value: str | None) -> str:

@@ -182,3 +182,16 @@ def test_broken_config_at_start_exits_1_with_the_key(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().startswith(f"hxd: {config}: ollama.url: must be an http:// or https:// URL")
     assert "Traceback" not in result.stderr
+
+
+def test_a_smoke_run_missed_while_down_is_caught_up_once(bus: PrivateBus, start_hxd: StartHxd, tmp_path: Path) -> None:
+    """Like Persistent=true: the stamp says the last run was 3 days ago, so one run starts now, not three."""
+    state = tmp_path / "hxd0/var/lib/hxd"
+    state.mkdir(parents=True)
+    (state / "smoke.last").write_text("2026-01-01T00:03:00Z\n")
+    start_hxd("[telemetry]\nenabled = false\n[audit]\nenabled = false\n[smoke]\nrandomized_delay_sec = 0\n")
+    wait_until(lambda: any(v.startswith("smoke ") for v in status(bus.address)["jobs"].values()))
+    wait_until(lambda: (state / "smoke.last").read_text() != "2026-01-01T00:03:00Z\n")
+    jobs = [v for v in status(bus.address)["jobs"].values() if v.startswith("smoke ")]
+    assert len(jobs) == 1, jobs
+    assert status(bus.address)["timers"]["smoke"].endswith("T00:03:00Z")  # then the calendar again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,10 @@ def call_hxd(
 
 
 def offline_engine(args: argparse.Namespace) -> Engine:
-    """hxd's engine in this process (``--offline``), on ``--config`` or the default config file."""
-    path: Path = (args.config or DEFAULT_CONFIG_PATH).absolute()
-    engine = Engine(path, load_config(path, must_exist=args.config is not None))
+    """hxd's engine in this process (``--offline``), on ``--config``, ``$HXD_CONFIG`` or the default config file."""
+    named = args.config or (Path(os.environ["HXD_CONFIG"]) if os.environ.get("HXD_CONFIG") else None)
+    path: Path = (named or DEFAULT_CONFIG_PATH).absolute()
+    engine = Engine(path, load_config(path, must_exist=named is not None))
     engine.state = "offline"
     return engine
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from hxd import __version__
 from hxd import log as hxd_log
 from hxd.bus.connection import BUS_HELP
-from hxd.cli import audit, migrate, smoke, status, telemetry, validate
+from hxd.cli import audit, fleet, migrate, smoke, status, telemetry, validate
 from hxd.cli.client import CallFailed, Unreachable
-from hxd.cli.common import ERROR_EXIT, EXIT_CODES, EXIT_FAILED, EXIT_UNREACHABLE
+from hxd.cli.common import ERROR_EXIT, EXIT_CODES, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
 from hxd.core.config import DEFAULT_CONFIG_PATH
 from hxd.core.errors import HxdError, kind
 
@@ -26,7 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hxctl {__version__}")
     parser.add_argument("--bus", help=BUS_HELP)
     parser.add_argument("--offline", action="store_true", help="run hxd's core in this process instead of asking hxd")
-    parser.add_argument("--config", type=Path, help=f"config for --offline (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument(
+        "--config", type=Path, help=f"config for --offline (default: $HXD_CONFIG, else {DEFAULT_CONFIG_PATH})"
+    )
+    fleet.add_host_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     status.add_parser(commands)
     validate.add_parsers(commands)
@@ -34,12 +37,16 @@ def _parser() -> argparse.ArgumentParser:
     telemetry.add_parser(commands)
     migrate.add_parsers(commands)
     smoke.add_parser(commands)
+    fleet.add_parsers(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     hxd_log.configure("console", "warning")  # the core's log lines go to stderr; stdout is for results and --json
+    if (args.host or args.hosts_file) and args.command != "fleet":
+        print("hxctl: --host and --hosts-file name nodes for `hxctl fleet status|diff`", file=sys.stderr)
+        return EXIT_USAGE
     try:
         code: int = args.run(args)
     except Unreachable as exc:

@@ -25,7 +25,7 @@ from hxd.core.jobs import JobControl
 from hxd.core.migrate.runner import interrupted
 from hxd.core.modelref import ModelRef
 from hxd.core.paths import check_paths
-from hxd.core.schedule import Calendar, Interval, iso, next_run
+from hxd.core.schedule import Calendar, Interval, iso, next_run, read_stamp
 from hxd.core.smoke import SmokeRun, run_smoke
 from hxd.core.telemetry import Telemetry, csv_path
 from hxd.core.validate import Options, Report, validate
@@ -264,7 +264,12 @@ def build_timers(config: Config) -> dict[str, Timer]:
     if config.telemetry.enabled:
         timers["telemetry"] = Timer("telemetry", Interval(config.telemetry.interval_sec))
     if config.audit.enabled:
-        timers["audit"] = Timer("audit", Calendar.parse(config.audit.schedule), config.audit.randomized_delay_sec)
+        timers["audit"] = _calendar_timer(config, "audit", config.audit.schedule, config.audit.randomized_delay_sec)
     if config.smoke.enabled:
-        timers["smoke"] = Timer("smoke", Calendar.parse(config.smoke.schedule), config.smoke.randomized_delay_sec)
+        timers["smoke"] = _calendar_timer(config, "smoke", config.smoke.schedule, config.smoke.randomized_delay_sec)
     return timers
+
+
+def _calendar_timer(config: Config, name: str, schedule: str, delay_sec: int) -> Timer:
+    """A calendar timer that knows its last run (its stamp), so a run missed while hxd was down is caught up."""
+    return Timer(name, Calendar.parse(schedule), delay_sec, last_run=read_stamp(stamp_path(config, name)))

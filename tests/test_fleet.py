@@ -1,0 +1,223 @@
+"""hxctl fleet over real SSH: a real sshd on loopback, each "node" an SSH host alias whose hxctl reads its own config
+(HXD_CONFIG, passed with SetEnv). The multi-container version of this, one booted Debian 12 per node on a private
+network, is in tools/e2e."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from migrate_support import node_config
+
+from hxd.core.config import dump_config
+
+HXCTL = str(Path(sys.executable).with_name("hxctl"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def sshd() -> Iterator[tuple[Path, int]]:
+    """An sshd of the test's own on 127.0.0.1 (key auth as root, accepting HXD_CONFIG and HXD_NODE); returns (dir,
+    port)."""
+    assert shutil.which("sshd", path="/usr/sbin:/usr/bin"), "sshd is missing: apt-get install openssh-server"
+    root = Path(tempfile.mkdtemp(prefix="hxd-sshd-"))
+    root.chmod(0o755)
+    for kind in ("ed25519",):
+        subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(root / f"host_{kind}")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "client")], check=True)
+    (root / "authorized_keys").write_text((root / "client.pub").read_text())
+    port = free_port()
+    (root / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root}/host_ed25519\nPidFile {root}/sshd.pid\n"
+        f"AuthorizedKeysFile {root}/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nAcceptEnv HXD_CONFIG HXD_NODE\n"
+        f"SetEnv PATH={Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    daemon = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(root / "sshd_config")], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert daemon.poll() is None and time.monotonic() < deadline, "sshd did not start"
+            time.sleep(0.05)
+    yield root, port
+    daemon.terminate()
+    daemon.wait(10)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+NODE_SHELL = 'mount --bind "$1/$HXD_NODE" "$1/current" || exit 1; shift; exec "$@"'
+
+
+def in_node(base: Path, node: str, *command: str) -> list[str]:
+    """``command`` seeing node's files at ``base/current``: every node has the same absolute paths, as on a fleet."""
+    return [
+        "env",
+        f"HXD_NODE={node}",
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "/bin/sh",
+        "-c",
+        NODE_SHELL,
+        "sh",
+        str(base),
+        *command,
+    ]
+
+
+@pytest.fixture
+def nodes(sshd: tuple[Path, int]) -> Iterator[tuple[Path, dict[str, Path]]]:
+    """Two aligned nodes (llm-01, llm-02) after the migration, each with its files at the same absolute paths (a
+    mount namespace per SSH session binds the node's directory on base/current), and an ssh_config naming them and
+    an unreachable one. Returns the base and each node's hxd.toml (as seen from outside)."""
+    root, port = sshd
+    base = Path(tempfile.mkdtemp(prefix="hxd-fleet-"))
+    base.chmod(0o755)
+    (base / "current").mkdir()
+    config = node_config(base / "current")
+    p = config.paths
+    configs = {}
+    for name in ("llm-01", "llm-02"):
+        (base / name).mkdir()
+        configs[name] = base / name / "hxd.toml"
+        configs[name].write_text(dump_config(config.model_copy(update={"node": name})))
+        code = (
+            f"from hxd.samplestore import make_node; from pathlib import Path as P; "
+            f"make_node(P('{p.canonical}'), P('{p.bulk}'), P('{p.legacy}'), P('{p.env_file}'), migrated=True)"
+        )
+        subprocess.run(in_node(base, name, sys.executable, "-c", code), check=True)
+    remote = base / "hxctl-node"  # the "remote" hxctl: HXD_NODE (sent by ssh) picks the node's files
+    remote.write_text(
+        f"#!/bin/sh\nexec unshare --mount --propagation private /bin/sh -c '{NODE_SHELL}' sh {base} {HXCTL} \"$@\"\n"
+    )
+    remote.chmod(0o755)
+    lines = [
+        f"Host {name}\n  HostName 127.0.0.1\n  SetEnv HXD_NODE={name} HXD_CONFIG={base}/current/hxd.toml\n"
+        for name in configs
+    ]
+    lines.append(f"Host down\n  HostName 127.0.0.1\n  Port {free_port()}\n")
+    lines.append(
+        f"Host *\n  Port {port}\n  User root\n  IdentityFile {root}/client\n  IdentitiesOnly yes\n"
+        "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+    )
+    (base / "ssh_config").write_text("\n".join(lines))
+    yield base, configs
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def fleet(base: Path, *args: str, hosts: tuple[str, ...] = ("llm-01", "llm-02")) -> subprocess.CompletedProcess[str]:
+    host_args = [part for host in hosts for part in ("--host", host)]
+    return subprocess.run(
+        [
+            HXCTL,
+            *host_args,
+            "fleet",
+            *args,
+            "--ssh-config",
+            str(base / "ssh_config"),
+            "--remote-hxctl",
+            str(base / "hxctl-node"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def differences(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, object]]:
+    report = json.loads(result.stdout)
+    return {d["field"]: d["values"] for d in report["differences"]}
+
+
+def test_aligned_nodes_have_no_drift(nodes: tuple[Path, dict[str, Path]]) -> None:
+    base, _ = nodes
+    result = fleet(base, "diff")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report == {"aligned": True, "nodes": ["llm-01", "llm-02"], "unreachable": {}, "differences": []}
+
+
+def test_a_changed_model_path_and_env_value_are_reported_exactly(nodes: tuple[Path, dict[str, Path]]) -> None:
+    base, configs = nodes
+    env = base / "llm-01/opt/hx-infrastructure/llm-01/config/ollama/ollama.env"
+    assert env.exists()
+    env.write_text(env.read_text() + 'OLLAMA_KEEP_ALIVE="10m"\n')
+    manifest = base / "llm-01/data/llm_bulk_storage/manifests/registry.ollama.ai/library/qwen3/1.7b"
+    manifest.write_bytes(manifest.read_bytes() + b" ")
+    changed = configs["llm-02"].read_text().replace('canonical = "', 'canonical = "/srv', 1)
+    configs["llm-02"].write_text(changed)
+    result = fleet(base, "diff")
+    assert result.returncode == 1
+    found = differences(result)
+    assert found["environment.OLLAMA_KEEP_ALIVE"] == {"llm-01": "10m", "llm-02": None}
+    model = "models.registry.ollama.ai/library/qwen3:1.7b"
+    assert set(found[model]) == {"llm-01", "llm-02"} and found[model]["llm-01"] != found[model]["llm-02"]
+    assert found["config.paths.canonical"]["llm-02"].startswith("/srv")
+    assert set(found) - {"environment.OLLAMA_KEEP_ALIVE", model, "config.paths.canonical"} <= {
+        f"layout.{k}" for k in ("canonical", "canonical/blobs", "canonical/manifests", "legacy", "state")
+    }
+
+
+def test_an_unreachable_node_while_the_others_answer(nodes: tuple[Path, dict[str, Path]]) -> None:
+    base, _ = nodes
+    started = time.monotonic()
+    result = fleet(base, "status", hosts=("llm-01", "down", "llm-02"))
+    assert time.monotonic() - started < 60
+    assert result.returncode == 1
+    rows = json.loads(result.stdout)
+    assert rows["down"]["error"].startswith("unreachable: ")
+    for name in ("llm-01", "llm-02"):
+        assert rows[name]["layout"] == "canonical" and rows[name]["models"] == 3
+        assert rows[name]["hxd"] == "not running" and rows[name]["version"] == "0.1.0"
+    diff = fleet(base, "diff", hosts=("llm-01", "down", "llm-02"))
+    report = json.loads(diff.stdout)
+    assert diff.returncode == 1 and list(report["unreachable"]) == ["down"] and report["differences"] == []
+
+
+def test_no_hosts_is_a_usage_error() -> None:
+    result = subprocess.run([HXCTL, "fleet", "status"], capture_output=True, text=True)
+    assert result.returncode == 2 and "no nodes: name them with --host" in result.stderr
+    misplaced = subprocess.run([HXCTL, "--host", "x", "status"], capture_output=True, text=True)
+    assert misplaced.returncode == 2 and "--host and --hosts-file name nodes for `hxctl fleet" in misplaced.stderr
+
+
+def test_hosts_file(nodes: tuple[Path, dict[str, Path]]) -> None:
+    base, _ = nodes
+    (base / "hosts").write_text("# the llm nodes\nllm-01\nllm-02  # second\n\n")
+    result = subprocess.run(
+        [
+            HXCTL,
+            "--hosts-file",
+            str(base / "hosts"),
+            "fleet",
+            "diff",
+            "--ssh-config",
+            str(base / "ssh_config"),
+            "--remote-hxctl",
+            str(base / "hxctl-node"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "fleet: aligned (answered: llm-01, llm-02; unreachable: 0)"

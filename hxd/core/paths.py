@@ -42,7 +42,7 @@ def path_state(path: Path) -> str:
         return f"cannot check {existing}: {exc.strerror}"
     if read_only:
         return f"read-only here ({existing} is on a read-only mount): {DROP_IN_HINT}"
-    if not os.access(existing, os.W_OK):
+    if not os.access(existing, os.W_OK, effective_ids=True):  # with hxd's capabilities, as the unit grants them
         return f"not writable by hxd ({existing})"
     return "ok" if existing == path else f"ok (missing; hxd can create it under {existing})"
 

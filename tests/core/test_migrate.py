@@ -273,8 +273,11 @@ def test_rollback_restores_everything(tmp_path: Path, tmpfs: Path) -> None:
     assert snapshot(p.legacy) == store_before
     assert not p.canonical.exists()
     assert controller.calls == ["stop ollama.service", "start ollama.service"]
+    assert not (p.bulk / "blobs").exists() and not (p.bulk / "manifests").exists()  # the copies are taken back
     with pytest.raises(Failed, match="nothing to roll back"):
         Migration(config, controller, JobControl("rollback")).rollback()
+    result, _ = run(config)  # and the node can be migrated again
+    assert result["blobs"] == 6
 
 
 def test_post_check_against_the_served_models(tmp_path: Path, tmpfs: Path) -> None:

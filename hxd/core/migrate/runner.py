@@ -81,6 +81,7 @@ class Migration:
             ) from None
 
     def _run(self, journal: Journal, plan: Plan, owner: Ownership, started: float) -> dict[str, Any]:
+        stop_time = started  # a resumed run past the stop cannot know when Ollama went down: from the resume on
         try:
             if journal.state == "copying":
                 self._copy(journal, plan, owner)
@@ -89,6 +90,7 @@ class Migration:
                 journal.save(self.state_dir)
             if journal.state == "verified":
                 self.control.update(phase="stop", message=f"stopping {journal.unit}")
+                stop_time = time.monotonic()
                 if journal.service_was_active:
                     self.controller.stop(journal.unit)
                 journal.state = "stopped"
@@ -97,7 +99,6 @@ class Migration:
             if journal.state in ("copying", "verified"):  # nothing switched: the source serves as before
                 log.warning("migration stopped before the switch", error=str(exc))
             raise
-        stop_time = time.monotonic()
         if journal.state == "stopped":
             self._catch_up(journal, owner)
             journal.state = "switching"
@@ -109,8 +110,8 @@ class Migration:
                 self.controller.start(journal.unit)
             journal.state = "started"
             journal.save(self.state_dir)
-        downtime = time.monotonic() - stop_time
         problem = self._post_check(journal)
+        downtime = time.monotonic() - stop_time  # from the stop until the post-check got its answer
         if problem:
             self._undo(journal)
             journal.finish(self.state_dir, "rolled-back", f"post-check failed, rolled back: {problem}")
@@ -119,7 +120,7 @@ class Migration:
         journal.finish(self.state_dir, "committed", "committed")
         message = (
             f"committed: {len(journal.verified)} blobs and {len(journal.manifests)} manifests in "
-            f"{journal.bulk}; {journal.unit} was down {downtime:.1f} s"
+            f"{journal.bulk}; {journal.unit} was down {downtime:.2f} s"
         )
         return {
             "message": message,
@@ -333,6 +334,7 @@ class Migration:
             )
         self.control.update(phase="rollback", message=f"rolling back migration {journal.id}")
         self._undo(journal)
+        self._remove_copies(journal)
         journal.finish(self.state_dir, "rolled-back", "rolled back")
         undone = [step for step, _ in reversed(journal.switched)]
         return {"message": f"rolled back migration {journal.id}", "id": journal.id, "undone": undone}
@@ -352,6 +354,20 @@ class Migration:
                 undo(link, Path(journal.backups[step]), how)
         if stopped and journal.service_was_active:
             self.controller.start(journal.unit)
+
+    def _remove_copies(self, journal: Journal) -> None:
+        """Take back what the migration put in bulk storage (the names the journal lists, nothing else), so the
+        store is where it was and a later migration starts clean. Models pulled into bulk storage after the
+        migration are not in the journal and stay, and a new migration refuses until someone decides about them."""
+        bulk = Path(journal.bulk)
+        for name in journal.verified:
+            (bulk / "blobs" / name).unlink(missing_ok=True)
+        for relative in journal.manifests:
+            (bulk / "manifests" / relative).unlink(missing_ok=True)
+        shutil.rmtree(bulk / STAGING, ignore_errors=True)
+        for directory in sorted((bulk / "manifests").glob("**/"), key=lambda d: -len(d.parts)):
+            _remove_if_empty(directory)
+        _remove_if_empty(bulk / "blobs")
 
     def prune_source(self) -> dict[str, Any]:
         """After a committed migration: delete the old store (the backups the switch kept). Rollback ends here."""

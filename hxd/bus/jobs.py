@@ -16,13 +16,13 @@ from typing import Annotated, Any
 import structlog
 from dbus_fast import PropertyAccess, Variant
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusDict, DBusDouble, DBusSignature, DBusStr, DBusUInt64
+from dbus_fast.annotations import DBusBool, DBusDict, DBusDouble, DBusSignature, DBusStr, DBusUInt64
 from dbus_fast.service import dbus_property, dbus_signal
 
 from hxd.bus import names
 from hxd.bus.auth import Authority
 from hxd.bus.methods import HxdInterface, method
-from hxd.core.errors import Busy, Cancelled, HxdError
+from hxd.core.errors import Busy, Cancelled, Failed, HxdError
 from hxd.core.jobs import JobControl, JobState
 
 log = structlog.get_logger("hxd.jobs")
@@ -38,6 +38,7 @@ _PROPERTY = {
     "bytes_total": "BytesTotal",
     "items_done": "ItemsDone",
     "items_total": "ItemsTotal",
+    "cancellable": "Cancellable",
 }
 
 Work = Callable[[JobControl], dict[str, Any]]
@@ -84,8 +85,13 @@ class Job(HxdInterface):
 
     @method()
     def Cancel(self) -> None:
-        """Ask the job to stop at its next safe point (a migration only before the service is stopped)."""
-        self.control.cancel()
+        """Ask the job to stop at its next safe point; refused once Cancellable is false."""
+        if self.state.state == "running" and not self.control.cancel():
+            raise Failed(f"the {self.state.kind} is past the point where it can stop; it will finish, or undo itself")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Cancellable(self) -> DBusBool:
+        return self.state.cancellable and self.state.state == "running"
 
     @dbus_signal()
     def Finished(self, state: DBusStr, message: DBusStr) -> FinishedSignal:

@@ -32,6 +32,7 @@ class JobState:
     items_total: int = 0
     message: str = ""
     result: dict[str, Any] = field(default_factory=dict)
+    cancellable: bool = True  # False once the work is past the point where stopping would leave things half done
 
     @property
     def progress(self) -> float:
@@ -85,7 +86,7 @@ class JobControl:
 
     def _due(self) -> frozenset[str]:
         """The changed fields to send now (called with the lock held); empty while coalescing counters."""
-        urgent = bool(self._pending & {"phase", "message", "state", "result"})
+        urgent = bool(self._pending & {"phase", "message", "state", "result", "cancellable"})
         now = time.monotonic()
         if not self._pending or (not urgent and now - self._last_sent < _MIN_INTERVAL_SEC):
             return frozenset()
@@ -101,8 +102,20 @@ class JobControl:
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
-    def cancel(self) -> None:
-        self._cancel.set()
+    def cancel(self) -> bool:
+        """Ask the work to stop at its next safe point; False (and nothing asked) once it can no longer stop."""
+        with self._lock:
+            if not self.state.cancellable:
+                return False
+            self._cancel.set()
+            return True
+
+    def point_of_no_return(self) -> None:
+        """From here on the work finishes (or undoes itself) whatever happens; a cancel asked before still counts."""
+        with self._lock:
+            self.state.cancellable = False
+            self._pending.add("cancellable")
+        self.check()
 
     def check(self) -> None:
         """Raise Cancelled if someone asked; call between steps that are safe to stop after."""

@@ -258,6 +258,23 @@ def test_cancel_then_resume(tmp_path: Path, tmpfs: Path) -> None:
     assert readable_models(config.paths.canonical) == readable_models(old_store(config))
 
 
+def test_a_cancel_after_the_stop_is_refused_and_the_migration_finishes(tmp_path: Path, tmpfs: Path) -> None:
+    config = node_config(tmp_path, tmpfs / "bulk")
+    make_legacy_node(config)
+    asked: list[bool] = []
+    holder: list[JobControl] = []
+
+    def cancel_at_stop(state: JobState, changed: frozenset[str]) -> None:
+        if state.phase == "stop" and not asked:
+            asked.append(holder[0].cancel())
+
+    control = JobControl("migrate", cancel_at_stop)
+    holder.append(control)
+    result = Migration(config, FakeController(), control).run({}, resume=False)
+    assert asked == [False] and not control.state.cancellable
+    assert result["message"].startswith("committed")
+
+
 def test_rollback_restores_everything(tmp_path: Path, tmpfs: Path) -> None:
     config = node_config(tmp_path, tmpfs / "bulk")
     make_legacy_node(config)

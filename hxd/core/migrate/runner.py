@@ -89,6 +89,7 @@ class Migration:
                 journal.state = "verified"
                 journal.save(self.state_dir)
             if journal.state == "verified":
+                self.control.point_of_no_return()  # from the stop on, the migration ends committed or rolled back
                 self.control.update(phase="stop", message=f"stopping {journal.unit}")
                 stop_time = time.monotonic()
                 if journal.service_was_active:
@@ -99,6 +100,7 @@ class Migration:
             if journal.state in ("copying", "verified"):  # nothing switched: the source serves as before
                 log.warning("migration stopped before the switch", error=str(exc))
             raise
+        self.control.point_of_no_return()  # a resumed run past the stop, too
         if journal.state == "stopped":
             self._catch_up(journal, owner)
             journal.state = "switching"
@@ -261,7 +263,6 @@ class Migration:
         plan = make_plan(self.config, _targets(journal), resuming=True)
         todo = {name: size for name, size in plan.blobs.items() if name not in journal.verified}
         self._put_blobs(journal, owner, todo, plan.present)
-        self.control.check()
         source = Store(Path(journal.source))
         changed = [m for m in plan.manifests if journal.manifests.get(m) != sha256_file(source.manifests_dir / m)]
         self._put_manifests(journal, owner, changed)

@@ -27,20 +27,18 @@ def busctl(address: str, *args: str, user: str | None = None, check: bool = True
     return result
 
 
+def manager(
+    address: str, member: str, *args: str, json_reply: bool = False, user: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``busctl call`` on hxd's Manager; ``json_reply`` asks busctl for ``--json=short`` instead of its text form."""
+    prefix = ["--json=short"] if json_reply else []
+    call = ["call", names.BUS_NAME, names.MANAGER_PATH, names.MANAGER_INTERFACE, member, *args]
+    return busctl(address, *prefix, *call, user=user, check=check)
+
+
 def call_manager(address: str, member: str, *args: str, user: str | None = None, check: bool = True) -> Any:
     """Call a Manager method with ``--json=short``; returns the decoded reply data (or the failed process)."""
-    result = busctl(
-        address,
-        "--json=short",
-        "call",
-        names.BUS_NAME,
-        names.MANAGER_PATH,
-        names.MANAGER_INTERFACE,
-        member,
-        *args,
-        user=user,
-        check=check,
-    )
+    result = manager(address, member, *args, json_reply=True, user=user, check=check)
     return json.loads(result.stdout)["data"] if result.returncode == 0 else result
 
 

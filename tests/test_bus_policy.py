@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from busctl import as_user, busctl, dbus_send
+from busctl import as_user, busctl, dbus_send, manager
 from conftest import StartHxd
 
 from hxd.bus import names
@@ -102,19 +102,13 @@ def test_unprivileged_user_reads_status_but_cannot_reload_or_validate(
 ) -> None:
     """hxd runs as root here (the policy lets root own the name, for hxd started by hand)."""
     start_hxd(address=system_bus.address)
-    result = busctl(
-        system_bus.address, "call", names.BUS_NAME, names.MANAGER_PATH, names.MANAGER_INTERFACE, "Status", user="nobody"
-    )
+    result = manager(system_bus.address, "Status", user="nobody")
     assert result.stdout.startswith("a{sv}")
     denied = dbus_send(system_bus.address, "Reload", user="nobody")
     assert "org.hxinfra.hxd1.Error.NotAuthorized" in denied.stderr
     assert "only root" in denied.stderr  # no polkit on this bus: root only
-    refused = busctl(
+    refused = manager(
         system_bus.address,
-        "call",
-        names.BUS_NAME,
-        names.MANAGER_PATH,
-        names.MANAGER_INTERFACE,
         "Validate",
         "a{sv}",
         "0",

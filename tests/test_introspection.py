@@ -6,7 +6,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from busctl import busctl
+from busctl import busctl, call_manager
 from conftest import StartHxd
 
 from hxd.bus import names
@@ -60,18 +60,7 @@ def test_live_introspection_matches_the_shipped_xml(bus: PrivateBus, start_hxd: 
     live = introspect(bus.address, names.MANAGER_PATH)
     assert live == {names.MANAGER_INTERFACE: shipped[names.MANAGER_INTERFACE]}
     # A job to look at: a rollback with nothing to roll back fails at once and stays on the bus.
-    reply = busctl(
-        bus.address,
-        "--json=short",
-        "call",
-        names.BUS_NAME,
-        names.MANAGER_PATH,
-        names.MANAGER_INTERFACE,
-        "Rollback",
-        "a{sv}",
-        "0",
-    )
-    job = json.loads(reply.stdout)["data"][0]
+    [job] = call_manager(bus.address, "Rollback", "a{sv}", "0")
     assert introspect(bus.address, job) == {names.JOB_INTERFACE: shipped[names.JOB_INTERFACE]}
 
 

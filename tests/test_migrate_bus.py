@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from busctl import busctl
+from busctl import call_manager
 from conftest import StartHxd
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -65,21 +65,6 @@ def start(start_hxd: StartHxd, node: Config) -> HxdProcess:
         key: getattr(node.paths, key) for key in ("canonical", "bulk", "legacy", "env_file", "log_dir", "state_dir")
     }
     return start_hxd(f'[ollama]\nurl = "{node.ollama.url}"\n[telemetry]\nenabled = false\n', paths=paths)
-
-
-def call(address: str, member: str, *args: str, check: bool = True) -> Any:
-    result = busctl(
-        address,
-        "--json=short",
-        "call",
-        names.BUS_NAME,
-        names.MANAGER_PATH,
-        names.MANAGER_INTERFACE,
-        member,
-        *args,
-        check=check,
-    )
-    return json.loads(result.stdout)["data"] if result.returncode == 0 else result
 
 
 def follow(address: str, member: str, options: dict[str, Any]) -> tuple[str, JobState, list[str], list[Any]]:
@@ -147,7 +132,7 @@ def follow(address: str, member: str, options: dict[str, Any]) -> tuple[str, Job
 def test_migrate_over_the_bus(bus: PrivateBus, start_hxd: StartHxd, node: Config, ollama: OllamaService) -> None:
     start(start_hxd, node)
     before = readable_models(node.paths.legacy)
-    plan = {k: v["data"] for k, v in call(bus.address, "PlanMigration", "a{sv}", "0")[0].items()}
+    plan = {k: v["data"] for k, v in call_manager(bus.address, "PlanMigration", "a{sv}", "0")[0].items()}
     assert plan["source"] == str(node.paths.legacy) and plan["same_filesystem"] is True
     path, state, phases, finished = follow(bus.address, "Migrate", {})
     assert finished[0] == "completed" and finished[1].startswith("committed: 6 blobs and 3 manifests"), finished
@@ -156,7 +141,7 @@ def test_migrate_over_the_bus(bus: PrivateBus, start_hxd: StartHxd, node: Config
     assert state.result["blobs"] == 6 and state.result["same_filesystem"] is True
     assert readable_models(node.paths.canonical) == before
     assert ollama.calls[-2:] == ["stop ollama.service", "start ollama.service"]
-    status = call(bus.address, "Status")[0]
+    status = call_manager(bus.address, "Status")[0]
     assert status["features"]["data"]["migrate"] == "ready"
     assert status["jobs"]["data"][path] == f"migrate completed: {finished[1]}"
     _, _, _, done = follow(bus.address, "Rollback", {})
@@ -168,11 +153,11 @@ def test_a_second_mutating_job_is_busy(
 ) -> None:
     start(start_hxd, node)
     ollama.stop_delay = 1.5
-    first = call(bus.address, "Migrate", "a{sv}", "0")[0]
-    busy = call(bus.address, "Rollback", "a{sv}", "0", check=False)
+    first = call_manager(bus.address, "Migrate", "a{sv}", "0")[0]
+    busy = call_manager(bus.address, "Rollback", "a{sv}", "0", check=False)
     assert busy.stderr.strip() == f"Call failed: migrate job {first} is running; wait for it or cancel it"
     deadline = time.monotonic() + 30
-    while call(bus.address, "Status")[0]["jobs"]["data"][first].startswith("migrate running"):
+    while call_manager(bus.address, "Status")[0]["jobs"]["data"][first].startswith("migrate running"):
         assert time.monotonic() < deadline
         time.sleep(0.1)
 
@@ -191,18 +176,18 @@ def test_an_interrupted_migration_is_reported_and_resumed(
     with pytest.raises(Exception, match="cancelled"):
         Migration(node, ollama, control).run({}, resume=False)
     start(start_hxd, node)
-    feature = call(bus.address, "Status")[0]["features"]["data"]["migrate"]
+    feature = call_manager(bus.address, "Status")[0]["features"]["data"]["migrate"]
     assert feature.startswith("migration ") and "interrupted (copying): run `hxctl migrate --resume`" in feature
     _, _, _, finished = follow(bus.address, "Migrate", {})
     assert finished[0] == "failed" and "was interrupted (copying)" in finished[1]
     _, _, _, finished = follow(bus.address, "Migrate", {"resume": Variant("b", True)})
     assert finished[0] == "completed" and finished[1].startswith("committed")
-    assert call(bus.address, "Status")[0]["features"]["data"]["migrate"] == "ready"
+    assert call_manager(bus.address, "Status")[0]["features"]["data"]["migrate"] == "ready"
 
 
 def test_plan_refusals_reach_the_caller(bus: PrivateBus, start_hxd: StartHxd, node: Config) -> None:
     start(start_hxd, node)
-    refused = call(bus.address, "PlanMigration", "a{sv}", "1", "source", "s", "/nonexistent/store", check=False)
+    refused = call_manager(bus.address, "PlanMigration", "a{sv}", "1", "source", "s", "/nonexistent/store", check=False)
     assert refused.stderr.strip() == "Call failed: refused: the source path /nonexistent/store does not exist"
     assert not os.path.lexists(node.paths.canonical)
 

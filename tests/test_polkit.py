@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from busctl import busctl, dbus_send
+from busctl import busctl, dbus_send, manager
 from conftest import StartHxd
 from polkit_mock import MockPolkit
 
@@ -30,7 +30,7 @@ def unique_name_of_busctl_call(address: str) -> str:
 def test_allowed_action_goes_through(bus: PrivateBus, polkit: MockPolkit, start_hxd: StartHxd) -> None:
     start_hxd()
     polkit.authority.allowed = {names.ACTION_RELOAD}
-    busctl(bus.address, "call", names.BUS_NAME, names.MANAGER_PATH, names.MANAGER_INTERFACE, "Reload")
+    manager(bus.address, "Reload")
     [request] = polkit.authority.requests
     assert request["kind"] == "system-bus-name"
     assert request["name"].startswith(":1.")
@@ -65,7 +65,7 @@ def test_denied_action_is_not_authorized(bus: PrivateBus, polkit: MockPolkit, st
 
 def test_status_needs_no_authorization(bus: PrivateBus, polkit: MockPolkit, start_hxd: StartHxd) -> None:
     start_hxd()
-    busctl(bus.address, "call", names.BUS_NAME, names.MANAGER_PATH, names.MANAGER_INTERFACE, "Status")
+    manager(bus.address, "Status")
     assert polkit.authority.requests == []
 
 
@@ -95,12 +95,8 @@ def test_sigterm_lets_an_in_flight_call_finish(bus: PrivateBus, polkit: MockPolk
 
 def test_validate_asks_for_its_own_action(bus: PrivateBus, polkit: MockPolkit, start_hxd: StartHxd) -> None:
     start_hxd()
-    denied = busctl(
+    denied = manager(
         bus.address,
-        "call",
-        names.BUS_NAME,
-        names.MANAGER_PATH,
-        names.MANAGER_INTERFACE,
         "Validate",
         "a{sv}",
         "0",
@@ -113,12 +109,8 @@ def test_validate_asks_for_its_own_action(bus: PrivateBus, polkit: MockPolkit, s
 def test_audit_fix_needs_both_actions(bus: PrivateBus, polkit: MockPolkit, start_hxd: StartHxd) -> None:
     start_hxd()
     polkit.authority.allowed = {names.ACTION_AUDIT}
-    refused = busctl(
+    refused = manager(
         bus.address,
-        "call",
-        names.BUS_NAME,
-        names.MANAGER_PATH,
-        names.MANAGER_INTERFACE,
         "Audit",
         "a{sv}",
         "1",

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from busctl import as_user, busctl
+from busctl import as_user, manager
 from conftest import StartHxd
 from dbus_fast import Message
 from dbus_fast.aio import MessageBus
@@ -75,12 +75,8 @@ def test_busctl_prints_findings_readably(bus: PrivateBus, start_hxd: StartHxd, n
     start_hxd()
     env = node["env_file"]
     env.write_text(env.read_text().replace('"llama3.2:3b"', '"llama3.2"').replace('"llama3.2:3b,', '"llama3.2,'))
-    result = busctl(
+    result = manager(
         bus.address,
-        "call",
-        names.BUS_NAME,
-        names.MANAGER_PATH,
-        names.MANAGER_INTERFACE,
         "Validate",
         "a{sv}",
         "1",
@@ -94,12 +90,8 @@ def test_busctl_prints_findings_readably(bus: PrivateBus, start_hxd: StartHxd, n
         (("bogus", "b", "true"), "unknown option 'bogus'; valid options: deep, server, store, strict"),
         (("strict", "s", "yes"), "option 'strict' must have type 'b', not 's'"),
     ]:
-        refused = busctl(
+        refused = manager(
             bus.address,
-            "call",
-            names.BUS_NAME,
-            names.MANAGER_PATH,
-            names.MANAGER_INTERFACE,
             "Validate",
             "a{sv}",
             "1",

@@ -233,5 +233,6 @@ def _print_diff(report: dict[str, Any]) -> None:
         values = "  ".join(f"{host}={'(missing)' if v is None else v}" for host, v in difference["values"].items())
         print(f"{difference['field']}: {values}")
     nodes = ", ".join(report["nodes"]) or "none"
-    verdict = "aligned" if report["aligned"] else f"{len(report['differences'])} differences, not aligned"
+    count = len(report["differences"])
+    verdict = "aligned" if report["aligned"] else f"{count} difference{'' if count == 1 else 's'}, not aligned"
     print(f"fleet: {verdict} (answered: {nodes}; unreachable: {len(report['unreachable'])})", file=sys.stderr)

@@ -14,7 +14,7 @@ from typing import Any
 from hxd import __version__
 from hxd.core.config import Config
 from hxd.core.envfile import read_envfile
-from hxd.core.errors import Unreadable
+from hxd.core.errors import HxdError, Unreadable
 from hxd.core.modelref import BadReference, parse_ref
 from hxd.core.store import Store, StoreError
 from hxd.core.systemctl import SystemctlController
@@ -30,6 +30,11 @@ def inventory(config: Config) -> dict[str, Any]:
         environment = {}
         errors.append(str(exc))
     store_root = Path(environment.get(MODELS_DIR) or config.paths.canonical)
+    try:
+        ollama_unit = "active" if SystemctlController().is_active(config.ollama.unit) else "inactive"
+    except HxdError as exc:
+        ollama_unit = "unknown"
+        errors.append(str(exc))
     return {
         "node": config.node_name,
         "version": __version__,
@@ -38,7 +43,7 @@ def inventory(config: Config) -> dict[str, Any]:
         "environment": environment,
         "models": _models(Store(store_root), errors),
         "pins": _pins(environment),
-        "ollama_unit": "active" if SystemctlController().is_active(config.ollama.unit) else "inactive",
+        "ollama_unit": ollama_unit,
         "errors": errors,
     }
 

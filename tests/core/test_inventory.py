@@ -1,0 +1,33 @@
+"""Inventory reports what it cannot read in ``errors`` and still answers: fleet views need every node's reply."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from migrate_support import make_legacy_node, node_config
+
+from hxd.core.inventory import inventory
+
+
+def test_a_node_without_systemctl_says_unknown_and_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = node_config(tmp_path)
+    make_legacy_node(config)
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    facts = inventory(config)
+    assert facts["ollama_unit"] == "unknown"
+    assert facts["errors"] == [
+        "cannot run systemctl is-active ollama.service: systemctl is not installed (apt-get install systemd)"
+    ]
+    assert facts["models"] and facts["layout"]["state"] == "legacy"
+
+
+def test_a_node_with_systemctl_reports_the_units_state(tmp_path: Path) -> None:
+    config = node_config(tmp_path)
+    make_legacy_node(config)
+    assert os.access("/usr/bin/systemctl", os.X_OK), "systemctl is missing: apt-get install systemd"
+    facts = inventory(config)
+    assert facts["ollama_unit"] in ("active", "inactive") and facts["errors"] == []

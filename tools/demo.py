@@ -40,6 +40,12 @@ def hxctl(address: str, *args: str, ok: tuple[int, ...] = (0,)) -> None:
     show([str(BIN / "hxctl"), "--bus", address, *args], ok)
 
 
+def busctl(address: str, member: str, *args: str) -> None:
+    """The same API without hxctl: busctl calling a Manager method."""
+    call = ["call", names.BUS_NAME, names.MANAGER_PATH, names.MANAGER_INTERFACE, member, *args]
+    show(["busctl", f"--address={address}", *call])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -85,19 +91,7 @@ def main() -> int:
 
 def tour(address: str, config: Path) -> None:
     hxctl(address, "status")
-    show(
-        [
-            "busctl",
-            f"--address={address}",
-            "call",
-            names.BUS_NAME,
-            names.MANAGER_PATH,
-            names.MANAGER_INTERFACE,
-            "PlanMigration",
-            "a{sv}",
-            "0",
-        ]
-    )
+    busctl(address, "PlanMigration", "a{sv}", "0")
     hxctl(address, "validate", "--store", "--server", ok=(1,))  # before: OLLAMA_MODELS is not the canonical path
     hxctl(address, "migrate", "--dry-run")
     hxctl(address, "migrate")
@@ -105,17 +99,7 @@ def tour(address: str, config: Path) -> None:
     hxctl(address, "smoke")
     hxctl(address, "audit", ok=(0, 1))
     hxctl(address, "telemetry", ok=(0, 1))  # no GPU in a sandbox: NVML says why
-    show(
-        [
-            "busctl",
-            f"--address={address}",
-            "call",
-            names.BUS_NAME,
-            names.MANAGER_PATH,
-            names.MANAGER_INTERFACE,
-            "Reload",
-        ]
-    )
+    busctl(address, "Reload")
     show([str(BIN / "hxctl"), "--offline", "--config", str(config), "status"])
 
 

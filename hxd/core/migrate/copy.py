@@ -70,11 +70,7 @@ def copy_blob(source: Path, staging: Path, blobs: Path, name: str, owner: Owners
                         f"blob {name} in {source.parent} is corrupt: its content hashes to "
                         f"sha256:{digest.hexdigest()}; re-pull the models that use it, then migrate"
                     )
-                st = os.fstat(src.fileno())
-                os.fchown(fd, owner.uid, owner.gid)
-                os.fchmod(fd, owner.file_mode)
-                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-                os.fsync(fd)
+                _settle(fd, owner, os.fstat(src.fileno()))
             finally:
                 os.close(fd)
     except OSError as exc:
@@ -83,6 +79,14 @@ def copy_blob(source: Path, staging: Path, blobs: Path, name: str, owner: Owners
         raise _copy_error(exc, name, source, blobs) from None
     os.rename(part, blobs / name)
     fsync_directory(blobs)
+
+
+def _settle(fd: int, owner: Ownership, source: os.stat_result) -> None:
+    """Give a written copy its owner, mode and the source's times, and make it durable before it is renamed in."""
+    os.fchown(fd, owner.uid, owner.gid)
+    os.fchmod(fd, owner.file_mode)
+    os.utime(fd, ns=(source.st_atime_ns, source.st_mtime_ns))
+    os.fsync(fd)
 
 
 def _rehash_prefix(fd: int, digest: hashlib._Hash, view: memoryview) -> int:
@@ -116,10 +120,7 @@ def copy_manifest(source: Path, staging: Path, target: Path, owner: Ownership) -
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         write_all(fd, data)
-        os.fchown(fd, owner.uid, owner.gid)
-        os.fchmod(fd, owner.file_mode)
-        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-        os.fsync(fd)
+        _settle(fd, owner, st)
     finally:
         os.close(fd)
     os.rename(temp, target)

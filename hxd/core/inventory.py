@@ -51,7 +51,8 @@ def inventory(config: Config) -> dict[str, Any]:
 def layout(config: Config) -> dict[str, str]:
     """Each path of the canonical layout and what it is now: ``-> target`` for a symlink, ``directory``, ``missing``;
     ``state`` sums it up: ``canonical`` when blobs and manifests lead into bulk storage and the legacy path (if any)
-    leads to the canonical path, ``legacy`` when the canonical path is missing, ``mixed`` otherwise."""
+    leads to the canonical path, ``legacy`` when the canonical path holds no store yet (missing, or a directory without
+    blobs and manifests, as a node before its migration often has), ``mixed`` otherwise."""
     p = config.paths
     entries = {
         "canonical": p.canonical,
@@ -64,7 +65,7 @@ def layout(config: Config) -> dict[str, str]:
     legacy_ok = not os.path.lexists(p.legacy) or _real(p.legacy) == _real(p.canonical)
     if into_bulk and legacy_ok and (p.canonical / "blobs").is_symlink():
         described["state"] = "canonical"
-    elif not p.canonical.exists():
+    elif not any(os.path.lexists(p.canonical / part) for part in ("blobs", "manifests")):
         described["state"] = "legacy"
     else:
         described["state"] = "mixed"

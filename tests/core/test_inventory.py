@@ -31,3 +31,13 @@ def test_a_node_with_systemctl_reports_the_units_state(tmp_path: Path) -> None:
     assert os.access("/usr/bin/systemctl", os.X_OK), "systemctl is missing: apt-get install systemd"
     facts = inventory(config)
     assert facts["ollama_unit"] in ("active", "inactive") and facts["errors"] == []
+
+
+def test_an_empty_canonical_directory_is_still_the_legacy_layout(tmp_path: Path) -> None:
+    """A node before its migration often has the mount point already; only blobs or manifests there make it mixed."""
+    config = node_config(tmp_path)
+    make_legacy_node(config)
+    config.paths.canonical.mkdir(parents=True)
+    assert inventory(config)["layout"]["state"] == "legacy"
+    (config.paths.canonical / "blobs").mkdir()
+    assert inventory(config)["layout"]["state"] == "mixed"

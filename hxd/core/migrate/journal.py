@@ -15,12 +15,13 @@ from pathlib import Path
 
 from hxd.core.atomic import replace_file
 from hxd.core.errors import Failed
+from hxd.core.schedule import iso
 
 JOURNAL_NAME = "migration.json"
 
-# Journal states, in order. "aborted", "committed" and "rolled-back" are final; any other means interrupted.
-STATES = ("copying", "verified", "stopped", "switching", "started", "committed")
-FINAL = ("aborted", "committed", "rolled-back", "pruned")
+# A migration goes copying, verified, stopped, switching, started, then committed (or rolled-back); later pruned.
+# These states are final; any other means interrupted.
+FINAL = ("committed", "rolled-back", "pruned")
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Journal:
         replace_file(state_dir / JOURNAL_NAME, json.dumps(asdict(self), indent=1, sort_keys=True).encode())
 
     def finish(self, state_dir: Path, state: str, message: str) -> None:
-        self.state, self.message, self.finished = state, message, now_iso()
+        self.state, self.message, self.finished = state, message, iso(datetime.now(UTC))
         self.save(state_dir)
 
 
@@ -73,10 +74,6 @@ def load(state_dir: Path) -> Journal | None:
 def archive(state_dir: Path, journal: Journal) -> None:
     """Keep a finished journal under its id, so a new migration starts with a fresh one."""
     os.replace(state_dir / JOURNAL_NAME, state_dir / f"migration-{journal.id}.json")
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def new_id() -> str:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,10 @@ from hxd.core.migrate import journal as journals
 from hxd.core.migrate.copy import Ownership, copy_blob, copy_manifest, ensure_dir, link_blob
 from hxd.core.migrate.journal import Journal
 from hxd.core.migrate.plan import STAGING, Plan, Targets, make_plan, targets
-from hxd.core.migrate.switch import point, undo
+from hxd.core.migrate.switch import change, point, undo
 from hxd.core.modelref import parse_ref
 from hxd.core.ollama_api import OllamaUnavailable, list_models
+from hxd.core.schedule import iso
 from hxd.core.service import ServiceController
 from hxd.core.store import Store, StoreError, sha256_file
 
@@ -163,7 +165,7 @@ class Migration:
             env_file=str(t.env_file),
             unit=self.config.ollama.unit,
             same_fs=plan.same_fs,
-            started=journals.now_iso(),
+            started=iso(datetime.now(UTC)),
             service_was_active=self.controller.is_active(self.config.ollama.unit),
         )
         journal.tags_before, journal.tags_from = self._tags_before(journal)
@@ -281,11 +283,11 @@ class Migration:
             ensure_dir(canonical, owner)
         for part in ("blobs", "manifests"):
             link, backup = canonical / part, canonical / f".hxd-backup-{journal.id}-{part}"
-            self._record(journal, f"canonical-{part}", _how(link, bulk / part), backup)
+            self._record(journal, f"canonical-{part}", change(link, bulk / part), backup)
             point(link, bulk / part, backup)
         if legacy != canonical:
             backup = legacy.with_name(f"{legacy.name}.hxd-backup-{journal.id}")
-            self._record(journal, "legacy", _how(legacy, canonical), backup)
+            self._record(journal, "legacy", change(legacy, canonical), backup)
             point(legacy, canonical, backup)
         self._record(journal, "env", "set")
         set_variable(Path(journal.env_file), "OLLAMA_MODELS", str(canonical))
@@ -327,7 +329,7 @@ class Migration:
 
     def rollback(self) -> dict[str, Any]:
         journal = journals.load(self.state_dir)
-        if journal is None or journal.state in ("rolled-back", "pruned", "aborted"):
+        if journal is None or journal.state in ("rolled-back", "pruned"):
             raise Failed(
                 "there is no migration to roll back"
                 if journal is None
@@ -410,15 +412,6 @@ def _targets(journal: Journal) -> Targets:
 def _ownership(config: Config, plan: Plan) -> Ownership:
     _, _, uid, gid = plan.owner
     return Ownership(uid, gid, int(config.audit.file_mode, 8), int(config.audit.dir_mode, 8))
-
-
-def _how(link: Path, target: Path) -> str:
-    """How ``point`` will change ``link`` (so the journal holds the undo before the change happens)."""
-    if link.is_symlink() and Path(os.readlink(link)) == target:
-        return "unchanged"
-    if not os.path.lexists(link):
-        return "created"
-    return "replaced" if link.is_symlink() else "exchanged"
 
 
 def _store_tags(store: Store) -> dict[str, str]:

@@ -33,33 +33,40 @@ def exchange(a: Path, b: Path) -> None:
         fsync_directory(b.parent)
 
 
-def point(link: Path, target: Path, backup: Path) -> str:
-    """Make ``link`` a symlink to ``target`` atomically, whatever is there now; returns how to undo it.
+def change(link: Path, target: Path) -> str:
+    """How ``point`` will change ``link``, so the journal can hold the undo before the change happens:
 
-    - nothing there: the symlink is created (undo: remove it);
-    - a symlink: it is replaced (undo: the old symlink is kept at ``backup`` and renamed back);
-    - a directory: it is swapped with the new symlink and stays, whole, at ``backup`` (undo: swap back).
-    The returned word is "created", "replaced" or "exchanged".
+    - "unchanged": it already is a symlink to ``target``;
+    - "created": nothing there, the symlink is created (undo: remove it);
+    - "replaced": a symlink, replaced (undo: the old symlink is kept at the backup and renamed back);
+    - "exchanged": a directory, swapped with the new symlink; it stays, whole, at the backup (undo: swap back).
     """
     if link.is_symlink() and Path(os.readlink(link)) == target:
         return "unchanged"
+    if not os.path.lexists(link):
+        return "created"
+    return "replaced" if link.is_symlink() else "exchanged"
+
+
+def point(link: Path, target: Path, backup: Path) -> None:
+    """Make ``link`` a symlink to ``target`` atomically, whatever is there now (see ``change``)."""
+    how = change(link, target)
+    if how == "unchanged":
+        return
+    if how == "exchanged" and not link.is_dir():
+        raise Failed(f"{link} is a file, not a directory or symlink; move it aside")
     temp = backup.with_name(backup.name + ".new")
     _fresh_symlink(temp, target)
-    if not os.path.lexists(link):
+    if how == "created":
         os.rename(temp, link)
         fsync_directory(link.parent)
-        return "created"
-    if link.is_symlink():
+    elif how == "replaced":
         _fresh_symlink(backup, Path(os.readlink(link)))  # the old link, kept for rollback
         os.replace(temp, link)
         fsync_directory(link.parent)
-        return "replaced"
-    if not link.is_dir():
-        os.unlink(temp)
-        raise Failed(f"{link} is a file, not a directory or symlink; move it aside")
-    os.rename(temp, backup)
-    exchange(backup, link)
-    return "exchanged"
+    else:
+        os.rename(temp, backup)
+        exchange(backup, link)
 
 
 def undo(link: Path, backup: Path, how: str) -> None:

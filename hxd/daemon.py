@@ -23,13 +23,13 @@ from typing import Any
 
 import sdnotify
 import structlog
-from dbus_fast import DBusError, Message, NameFlag, RequestNameReply
+from dbus_fast import DBusError, NameFlag, RequestNameReply
 
 from hxd import __version__
 from hxd import log as hxd_log
 from hxd.bus import names
 from hxd.bus.auth import Authority
-from hxd.bus.connection import BUS_HELP, HxdBus, bus_spec, connect, describe
+from hxd.bus.connection import BUS_HELP, HxdBus, bus_spec, call_method, connect, describe
 from hxd.bus.jobs import JobManager
 from hxd.bus.manager import Manager
 from hxd.bus.systemd import SystemdController
@@ -190,11 +190,7 @@ class Daemon:
         # A finished call's reply is queued by a callback that runs after its handler returns; one loop turn lets
         # it queue, and a round trip to the bus after it proves it was written before we disconnect.
         await asyncio.sleep(0)
-        await bus.call(
-            Message(
-                destination=names.DBUS_NAME, path=names.DBUS_PATH, interface="org.freedesktop.DBus.Peer", member="Ping"
-            )
-        )
+        await call_method(bus, names.DBUS_NAME, names.DBUS_PATH, "org.freedesktop.DBus.Peer", "Ping")
         bus.disconnect()
         await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
         self.engine.telemetry.close()

@@ -15,6 +15,7 @@ from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from hxd.bus import names
+from hxd.bus.connection import call_method
 from hxd.core.errors import NotAuthorized
 
 log = structlog.get_logger("hxd.auth")
@@ -37,26 +38,21 @@ class Authority:
         if not sender:
             raise NotAuthorized(f"{action}: the call carries no sender; refusing")
         interactive = bool(caller.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
-        request = Message(
-            destination=names.POLKIT_NAME,
-            path=names.POLKIT_PATH,
-            interface=names.POLKIT_INTERFACE,
-            member="CheckAuthorization",
-            signature="(sa{sv})sa{ss}us",
-            body=[
-                ["system-bus-name", {"name": Variant("s", sender)}],
-                action,
-                {},
-                _ALLOW_USER_INTERACTION if interactive else 0,
-                "",
-            ],
-        )
+        subject = ["system-bus-name", {"name": Variant("s", sender)}]
+        flags = _ALLOW_USER_INTERACTION if interactive else 0
         try:
             async with asyncio.timeout(_TIMEOUT_SEC[interactive]):
-                reply = await self._bus.call(request)
+                reply = await call_method(
+                    self._bus,
+                    names.POLKIT_NAME,
+                    names.POLKIT_PATH,
+                    names.POLKIT_INTERFACE,
+                    "CheckAuthorization",
+                    "(sa{sv})sa{ss}us",
+                    [subject, action, {}, flags, ""],
+                )
         except TimeoutError:
             raise NotAuthorized(f"{action}: polkit did not answer in time; try again") from None
-        assert reply is not None
         if reply.message_type == MessageType.ERROR:
             if reply.error_name in _NO_POLKIT:
                 await self._require_root(sender, action)
@@ -69,16 +65,8 @@ class Authority:
             raise NotAuthorized(f"{action}: not authorized ({hint})")
 
     async def _require_root(self, sender: str, action: str) -> None:
-        reply = await self._bus.call(
-            Message(
-                destination=names.DBUS_NAME,
-                path=names.DBUS_PATH,
-                interface=names.DBUS_INTERFACE,
-                member="GetConnectionUnixUser",
-                signature="s",
-                body=[sender],
-            )
+        reply = await call_method(
+            self._bus, names.DBUS_NAME, names.DBUS_PATH, names.DBUS_INTERFACE, "GetConnectionUnixUser", "s", [sender]
         )
-        assert reply is not None
         if reply.message_type == MessageType.ERROR or reply.body[0] != 0:
             raise NotAuthorized(f"{action}: polkit is not running and only root may do this")

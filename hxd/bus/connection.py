@@ -62,6 +62,32 @@ def _reply_without_descriptors(
     send_reply(Message.new_method_return(msg, method.out_signature, body))
 
 
+async def call_method(
+    bus: MessageBus,
+    destination: str,
+    path: str,
+    interface: str,
+    member: str,
+    signature: str = "",
+    body: list[Any] | None = None,
+    unix_fds: list[int] | None = None,
+) -> Message:
+    """Call a method and return its reply: a method return or an error, which the caller judges."""
+    reply = await bus.call(
+        Message(
+            destination=destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+            unix_fds=unix_fds or [],
+        )
+    )
+    assert reply is not None  # None only for calls sent with NO_REPLY_EXPECTED
+    return reply
+
+
 def bus_spec(cli_value: str | None) -> str:
     """The bus to use: the command line, else ``HXD_BUS``, else the system bus."""
     return cli_value or os.environ.get("HXD_BUS") or "system"

@@ -15,6 +15,7 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from hxd.bus import names
+from hxd.bus.connection import call_method
 from hxd.core.errors import Failed
 
 _JOB_TIMEOUT_SEC = 180.0  # longer than systemd's default TimeoutStopSec (90 s): systemd decides, not hxd
@@ -44,18 +45,11 @@ class SystemdController:
     async def _call(
         self, path: str, interface: str, member: str, signature: str = "", body: list[Any] | None = None
     ) -> Message:
-        reply = await self._bus.call(
-            Message(
-                destination=names.SYSTEMD_NAME,
-                path=path,
-                interface=interface,
-                member=member,
-                signature=signature,
-                body=body or [],
-            )
-        )
-        assert reply is not None
-        return reply
+        return await call_method(self._bus, names.SYSTEMD_NAME, path, interface, member, signature, body)
+
+    async def _match(self, member: str, rule: str) -> None:
+        """AddMatch or RemoveMatch on the bus itself."""
+        await call_method(self._bus, names.DBUS_NAME, names.DBUS_PATH, names.DBUS_INTERFACE, member, "s", [rule])
 
     async def _active_state(self, unit: str) -> str:
         reply = await self._call(names.SYSTEMD_PATH, names.SYSTEMD_MANAGER, "GetUnit", "s", [unit])
@@ -84,16 +78,8 @@ class SystemdController:
         match = f"type='signal',sender='{names.SYSTEMD_NAME}',interface='{names.SYSTEMD_MANAGER}',member='JobRemoved'"
         self._bus.add_message_handler(on_signal)
         try:
-            await self._bus.call(
-                Message(
-                    destination=names.DBUS_NAME,
-                    path=names.DBUS_PATH,
-                    interface=names.DBUS_INTERFACE,
-                    member="AddMatch",
-                    signature="s",
-                    body=[match],
-                )
-            )
+            await self._match("AddMatch", match)
+            # Its error on a second job ("already subscribed") is harmless: the subscription holds until hxd exits.
             await self._call(names.SYSTEMD_PATH, names.SYSTEMD_MANAGER, "Subscribe")
             reply = await self._call(names.SYSTEMD_PATH, names.SYSTEMD_MANAGER, method, "ss", [unit, "replace"])
             if reply.message_type == MessageType.ERROR:
@@ -115,13 +101,4 @@ class SystemdController:
                 )
         finally:
             self._bus.remove_message_handler(on_signal)
-            await self._bus.call(
-                Message(
-                    destination=names.DBUS_NAME,
-                    path=names.DBUS_PATH,
-                    interface=names.DBUS_INTERFACE,
-                    member="RemoveMatch",
-                    signature="s",
-                    body=[match],
-                )
-            )
+            await self._match("RemoveMatch", match)

@@ -7,7 +7,7 @@ from typing import Any
 from dbus_fast import Message, MessageType, Variant
 
 from hxd.bus import names
-from hxd.bus.connection import HxdBus, connect, describe
+from hxd.bus.connection import HxdBus, call_method, connect, describe
 
 # D-Bus errors that mean "nobody owns org.hxinfra.hxd1" rather than "hxd said no".
 _NOT_RUNNING = (
@@ -66,16 +66,8 @@ async def call(
     """
     bus = await open_bus(spec)
     try:
-        reply = await bus.call(
-            Message(
-                destination=names.BUS_NAME,
-                path=names.MANAGER_PATH,
-                interface=names.MANAGER_INTERFACE,
-                member=member,
-                signature=signature,
-                body=body or [],
-                unix_fds=unix_fds or [],
-            )
+        reply = await call_method(
+            bus, names.BUS_NAME, names.MANAGER_PATH, names.MANAGER_INTERFACE, member, signature, body, unix_fds
         )
     finally:
         bus.disconnect()

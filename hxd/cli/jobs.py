@@ -19,7 +19,7 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from hxd.bus import names
-from hxd.bus.connection import bus_spec
+from hxd.bus.connection import bus_spec, call_method
 from hxd.cli.client import CallFailed, Unreachable, checked, open_bus, unwrap
 from hxd.core.errors import Cancelled, Failed
 from hxd.core.jobs import JobState, Listener
@@ -142,17 +142,8 @@ async def _ask_cancel(bus: MessageBus, spec: str, path: str) -> None:
 
 async def _properties(bus: MessageBus, path: str) -> dict[str, Any]:
     """The job's properties; empty when the object is already gone."""
-    reply = await bus.call(
-        Message(
-            destination=names.BUS_NAME,
-            path=path,
-            interface=_PROPERTIES_INTERFACE,
-            member="GetAll",
-            signature="s",
-            body=[names.JOB_INTERFACE],
-        )
-    )
-    if reply is None or reply.message_type == MessageType.ERROR:
+    reply = await call_method(bus, names.BUS_NAME, path, _PROPERTIES_INTERFACE, "GetAll", "s", [names.JOB_INTERFACE])
+    if reply.message_type == MessageType.ERROR:
         return {}
     properties: dict[str, Any] = unwrap(reply.body[0])
     return properties
@@ -168,14 +159,4 @@ async def _call(
     signature: str = "",
     body: list[Any] | None = None,
 ) -> list[Any]:
-    reply = await bus.call(
-        Message(
-            destination=destination,
-            path=path,
-            interface=interface,
-            member=member,
-            signature=signature,
-            body=body or [],
-        )
-    )
-    return checked(reply, spec)
+    return checked(await call_method(bus, destination, path, interface, member, signature, body), spec)

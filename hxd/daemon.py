@@ -229,23 +229,17 @@ class Daemon:
     async def _fire(self, name: str) -> None:
         """What each timer does. Work runs as jobs in worker threads; a busy node skips a run rather than queue it."""
         manager = self.manager
-        if name == "audit":
-            if manager.jobs.running():
-                log.info("audit skipped: a job is running", jobs=len(manager.jobs.running()))
-                return
-            await _guarded(name, manager.audit(fix=False))
-        elif name == "smoke":
-            if manager.jobs.running():
-                log.info("smoke skipped: a job is running", jobs=len(manager.jobs.running()))
-                return
-            await _guarded(name, manager.jobs.outcome(manager.start_smoke(None)))
-        elif name == "telemetry":
+        if name == "telemetry":
             telemetry = self.engine.telemetry
             if telemetry.due(time.monotonic()):  # False while NVML is backing off, or a sample still runs
                 await in_daemon_thread(telemetry.sample, "hxd-nvml")
                 self.engine.record_telemetry()
+        elif running := manager.jobs.running():
+            log.info("scheduled run skipped: a job is running", timer=name, jobs=len(running))
+        elif name == "audit":
+            await _guarded(name, manager.audit(fix=False))
         else:
-            log.debug("timer fired", timer=name, feature_state=self.engine.features.get(name))
+            await _guarded(name, manager.jobs.outcome(manager.start_smoke(None)))
 
     async def _watchdog(self) -> None:
         """Ping systemd from the event loop itself, so a blocked loop stops the pings and gets hxd restarted."""
@@ -292,7 +286,8 @@ class Daemon:
 
 
 async def _guarded(name: str, action: Coroutine[Any, Any, object]) -> None:
-    """A timer's work: its failure is logged and shown in the feature's state, never the end of the timer."""
+    """A timer's work: its failure is logged (the job that failed stays readable on the bus), never the end of the
+    timer."""
     try:
         await action
     except HxdError as exc:

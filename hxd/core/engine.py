@@ -46,7 +46,6 @@ FACTS = (
     "jobs",
 )
 STATES = ("starting", "running", "degraded", "stopping", "offline")
-# What the features do not yet do in this version; each issue that lands one replaces its entry.
 
 Observer = Callable[[frozenset[str]], None]
 
@@ -180,11 +179,9 @@ class Engine:
         """
         if fd is None:
             path = self.config.paths.env_file
-            report = validate(read_envfile(path), str(path), self.config, options)
-        else:
-            label = name or f"fd {fd}"
-            report = validate(read_envfile_fd(fd, Path(label)), label, self.config, options)
-        return report
+            return validate(read_envfile(path), str(path), self.config, options)
+        label = name or f"fd {fd}"
+        return validate(read_envfile_fd(fd, Path(label)), label, self.config, options)
 
     def record_validation(self, report: Report) -> None:
         """Show the last validation in the feature state; called on the event loop, since observers emit signals."""

@@ -120,6 +120,22 @@ def test_same_filesystem_links_instead_of_copying(tmp_path: Path) -> None:
     assert readable_models(config.paths.canonical) == readable_models(old_store(config))
 
 
+def test_a_bind_mount_of_the_same_filesystem_is_copied_to(tmp_path: Path, tmpfs: Path) -> None:
+    """hxd's unit bind-mounts each path (ReadWritePaths=): one filesystem, one st_dev, but link() says EXDEV."""
+    config = node_config(tmpfs / "node", tmpfs / "bulk-mount" / "bulk")
+    make_legacy_node(config)
+    (tmpfs / "bulk-dir").mkdir()
+    (tmpfs / "bulk-mount").mkdir()
+    subprocess.run(["mount", "--bind", str(tmpfs / "bulk-dir"), str(tmpfs / "bulk-mount")], check=True)
+    try:
+        assert os.stat(tmpfs / "bulk-mount").st_dev == os.stat(old_store(config)).st_dev
+        result, _ = run(config)
+        assert result["same_filesystem"] is False and result["message"].startswith("committed")
+        assert readable_models(config.paths.canonical) == readable_models(old_store(config))
+    finally:
+        subprocess.run(["umount", str(tmpfs / "bulk-mount")], check=True)
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [

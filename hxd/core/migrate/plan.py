@@ -122,7 +122,7 @@ def make_plan(config: Config, t: Targets, *, resuming: bool = False) -> Plan:
     present = _present(t.bulk, blobs, resuming)
     if not resuming:
         _refuse_other_data(t)
-    same_fs = _device(store.blobs_dir) == _device(t.bulk)
+    same_fs = _mount(store.blobs_dir) == _mount(t.bulk)
     to_copy = 0 if same_fs else sum(size for name, size in blobs.items() if name not in present)
     free = _free(t.bulk)
     needed = to_copy + max(int(to_copy * _MARGIN_FRACTION), _MARGIN_MIN) if to_copy else 0
@@ -235,18 +235,29 @@ def _refuse_other_data(t: Targets) -> None:
             raise Failed(f"refused: {t.canonical} holds {entry.name}, which is not part of the canonical layout")
 
 
-def _device(path: Path) -> int:
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    return existing.stat().st_dev
+def _mount(path: Path) -> tuple[int, int]:
+    """The filesystem and the mount ``path`` (or, while it does not exist, its nearest parent) is on.
+
+    The device number alone does not tell whether a hard link will work: bind mounts of one filesystem share it,
+    yet link() between them fails with EXDEV, and hxd's unit makes each of its paths a bind mount
+    (``ReadWritePaths=``). The mount's id (``mnt_id`` in /proc/self/fdinfo) tells them apart.
+    """
+    fd = os.open(_existing(path), os.O_PATH | os.O_CLOEXEC)
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines())
+        return os.fstat(fd).st_dev, int(fields["mnt_id"])
+    finally:
+        os.close(fd)
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
 
 
 def _free(path: Path) -> int:
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    st = os.statvfs(existing)
+    st = os.statvfs(_existing(path))
     return st.f_bavail * st.f_frsize
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from busctl import as_user, busctl, dbus_send, manager
+from busctl import as_user, busctl, call_manager, dbus_send, manager
 from conftest import StartHxd
 
 from hxd.bus import names
@@ -116,6 +116,18 @@ def test_unprivileged_user_reads_status_but_cannot_reload_or_validate(
         check=False,
     )
     assert "org.hxinfra.hxd1.validate: polkit is not running and only root may do this" in refused.stderr
+
+
+def test_job_objects_are_reachable_and_cancel_is_hxds_to_refuse(system_bus: PrivateBus, start_hxd: StartHxd) -> None:
+    """The bus lets anyone reach a Job; hxd itself decides who may cancel it (what starting it needed)."""
+    start_hxd(address=system_bus.address)
+    [job] = call_manager(system_bus.address, "Rollback", "a{sv}", "0")  # nothing to roll back: it fails at once
+    cancel = ["call", names.BUS_NAME, job, names.JOB_INTERFACE, "Cancel"]
+    refused = busctl(system_bus.address, *cancel, user="nobody", check=False)
+    assert "org.hxinfra.hxd1.migrate: polkit is not running and only root may do this" in refused.stderr
+    assert busctl(system_bus.address, *cancel).returncode == 0  # root; the job has ended, so there is nothing to do
+    kind = busctl(system_bus.address, "get-property", names.BUS_NAME, job, names.JOB_INTERFACE, "Kind", user="nobody")
+    assert kind.stdout.strip() == 's "rollback"'
 
 
 def test_other_interfaces_are_denied_to_unprivileged_users(system_bus: PrivateBus, start_hxd: StartHxd) -> None:

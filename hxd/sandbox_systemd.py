@@ -47,8 +47,8 @@ class OllamaService:
 
     def start(self, unit: str) -> None:
         self.calls.append(f"start {unit}")
-        models = read_envfile(self.env_file).environment["OLLAMA_MODELS"]
-        env = {"OLLAMA_HOST": f"127.0.0.1:{self.port}", "OLLAMA_MODELS": models}
+        # Every variable of the env file, as EnvironmentFile= passes them; the address is the sandbox's own.
+        env = {**read_envfile(self.env_file).environment, "OLLAMA_HOST": f"127.0.0.1:{self.port}"}
         self.stub = OllamaStub(self.workdir, None, self.behaviour).start(env=env)
 
     def stop(self, unit: str) -> None:
@@ -75,6 +75,7 @@ class _Manager(ServiceInterface):
         self.service = service
         self.unit = unit
         self.jobs = 0
+        self._running: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
 
     @dbus_method()
     def GetUnit(self, name: DBusStr) -> DBusObjectPath:
@@ -108,7 +109,9 @@ class _Manager(ServiceInterface):
                 result = "failed"
             self.JobRemoved(number, job, name, result)
 
-        asyncio.get_running_loop().create_task(run())
+        task = asyncio.get_running_loop().create_task(run())
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
         return job
 
     @dbus_signal()

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -184,22 +185,42 @@ class HxdProcess:
             self.process.wait()
 
 
-def write_config(root: Path, extra: str = "", paths: dict[str, Path] | None = None) -> Path:
-    """An hxd.toml whose every path lies under ``root`` unless ``paths`` overrides it; ``extra`` is appended (TOML
-    tables such as ``[smoke]``)."""
-    layout = {
+def node_paths(root: Path) -> dict[str, Path]:
+    """The seed's layout (llm-01's paths) under ``root``: what hxd.toml's [paths] would say on a real node."""
+    return {
         "canonical": root / "mnt/active_llm_models",
         "bulk": root / "data/llm_bulk_storage",
         "legacy": root / "opt/hx-infrastructure/llm-01/models/production",
         "env_file": root / "opt/hx-infrastructure/llm-01/config/ollama/ollama.env",
         "log_dir": root / "var/log/hxd",
         "state_dir": root / "var/lib/hxd",
-        **(paths or {}),
     }
+
+
+def write_config(root: Path, extra: str = "", paths: dict[str, Path] | None = None) -> Path:
+    """An hxd.toml whose every path lies under ``root`` unless ``paths`` overrides it; ``extra`` is appended (TOML
+    tables such as ``[smoke]``)."""
+    layout = {**node_paths(root), **(paths or {})}
     lines = ['node = "sandbox"', "", "[paths]", *(f'{key} = "{value}"' for key, value in layout.items()), "", extra]
     path = root / "hxd.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` every 50 ms until it is true; SandboxError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SandboxError(f"{what} not met within {timeout:g} s")
+        time.sleep(0.05)
 
 
 class OllamaStub:

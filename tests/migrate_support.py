@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hxd.core.config import Config, OllamaConfig, PathsConfig
 from hxd.samplestore import make_node
+from hxd.sandbox import node_paths
 
 
 @dataclass
@@ -37,22 +37,9 @@ class FakeController:
         self.active = True
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def node_config(root: Path, bulk: Path | None = None, url: str = "http://127.0.0.1:9") -> Config:
     """Config for a node under ``root`` (bulk storage elsewhere when given, e.g. on another filesystem)."""
-    paths = PathsConfig(
-        canonical=root / "mnt/active_llm_models",
-        bulk=bulk or root / "data/llm_bulk_storage",
-        legacy=root / "opt/hx-infrastructure/llm-01/models/production",
-        env_file=root / "opt/hx-infrastructure/llm-01/config/ollama/ollama.env",
-        log_dir=root / "var/log/hxd",
-        state_dir=root / "var/lib/hxd",
-    )
+    paths = PathsConfig(**{**node_paths(root), **({"bulk": bulk} if bulk else {})})
     return Config(paths=paths, ollama=OllamaConfig(url=url, user="ollama", group="ollama"))
 
 

@@ -18,14 +18,7 @@ from dbus_fast.aio import MessageBus
 
 from hxd import __version__
 from hxd.bus import names
-from hxd.sandbox import PrivateBus
-
-
-def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+from hxd.sandbox import PrivateBus, wait_until
 
 
 def test_status_over_busctl(bus: PrivateBus, start_hxd: StartHxd) -> None:

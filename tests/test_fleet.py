@@ -18,14 +18,9 @@ import pytest
 from migrate_support import node_config
 
 from hxd.core.config import dump_config
+from hxd.sandbox import free_port
 
 HXCTL = str(Path(sys.executable).with_name("hxctl"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ from conftest import StartHxd
 from prometheus_client.parser import text_string_to_metric_families
 
 from hxd.samplestore import make_node
-from hxd.sandbox import NotifySocket, OllamaStub, PrivateBus, write_config
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from hxd.sandbox import NotifySocket, OllamaStub, PrivateBus, free_port, write_config
 
 
 def scrape(url: str, timeout: float = 15.0) -> tuple[str, str]:

@@ -23,13 +23,13 @@ from busctl import call_manager
 from conftest import StartHxd
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
-from migrate_support import free_port, make_legacy_node, node_config, readable_models
+from migrate_support import make_legacy_node, node_config, readable_models
 
 from hxd.bus import names
 from hxd.core.config import Config
 from hxd.core.jobs import JobControl, JobState
 from hxd.core.migrate.runner import Migration
-from hxd.sandbox import HxdProcess, PrivateBus
+from hxd.sandbox import HxdProcess, PrivateBus, free_port
 from hxd.sandbox_systemd import MockSystemd, OllamaService
 
 

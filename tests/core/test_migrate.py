@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from migrate_support import (
     FakeController,
-    free_port,
     make_legacy_node,
     node_config,
     old_store,
@@ -33,6 +32,7 @@ from hxd.core.migrate.plan import make_plan, targets
 from hxd.core.migrate.runner import Migration, interrupted
 from hxd.core.validate import Options, validate
 from hxd.samplestore import blob_path, sha256_digest
+from hxd.sandbox import free_port
 from hxd.sandbox_systemd import OllamaService
 
 

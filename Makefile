@@ -66,6 +66,7 @@ bench: venv
 # by requirements.lock (and the setuptools that builds hxd's wheel, pinned by requirements-dev.lock) downloaded
 # into it with Debian's pip, then dpkg-buildpackage without network (unshare -n where we may) and lintian.
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DEB_FILE    = hxd_$(VERSION)_$$(dpkg --print-architecture).deb
 DEB_TREE   := build/deb/hxd-$(VERSION)
 PIP_FETCH  := /usr/bin/python3 -m pip download --quiet --disable-pip-version-check --require-hashes --no-deps
 deb:
@@ -79,9 +80,8 @@ deb:
 		> $(DEB_TREE)/debian/build-requirements.lock
 	cd $(DEB_TREE) && $(PIP_FETCH) -r requirements.lock -r debian/build-requirements.lock -d wheels
 	cd $(DEB_TREE) && $$(unshare --net true 2>/dev/null && echo unshare --net --) dpkg-buildpackage -us -uc -b
-	cp build/deb/hxd_$(VERSION)_$$(dpkg --print-architecture).deb dist/
-	lintian --fail-on error,warning --info --display-experimental --tag-display-limit 0 \
-		dist/hxd_$(VERSION)_$$(dpkg --print-architecture).deb
+	cp build/deb/$(DEB_FILE) dist/
+	lintian --fail-on error,warning --info --display-experimental --tag-display-limit 0 dist/$(DEB_FILE)
 
 # Needs root: mmdebstrap, systemd-nspawn and nsenter (packaging/README.md).
 e2e:

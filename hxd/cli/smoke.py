@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from dbus_fast import Variant
@@ -14,7 +13,6 @@ from hxd.cli.jobs import follow_job, print_progress
 from hxd.core.errors import InvalidArgs
 from hxd.core.jobs import JobControl
 from hxd.core.modelref import BadReference, ModelRef, parse_ref
-from hxd.core.smoke import run_smoke
 
 
 def add_parser(commands: Any) -> None:
@@ -56,8 +54,7 @@ def _parse(name: str) -> ModelRef:
 
 
 def _offline(args: argparse.Namespace, refs: list[ModelRef]) -> dict[str, Any]:
-    config = offline_engine(args).config
-    return run_smoke(config, refs or None, JobControl("smoke", print_progress), datetime.now(UTC)).to_json()
+    return offline_engine(args).smoke(refs or None, JobControl("smoke", print_progress)).to_json()
 
 
 def _online(args: argparse.Namespace) -> dict[str, Any]:

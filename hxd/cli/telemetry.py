@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from hxd.cli.common import EXIT_FAILED, EXIT_OK, call_hxd, offline_engine
-from hxd.core.telemetry import Telemetry, csv_path, rows
+from hxd.core.telemetry import rows
 
 # (heading, field) of the table; --json has every field.
 _COLUMNS = (
@@ -51,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _offline(args: argparse.Namespace) -> list[dict[str, Any]]:
-    config = offline_engine(args).config
-    telemetry = Telemetry(csv_path(config), config.telemetry)
+    telemetry = offline_engine(args).telemetry
     try:
         return rows(telemetry.read_now())
     finally:

@@ -19,6 +19,7 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from hxd.cli import telemetry as cli
+from hxd.core import engine
 from hxd.core.config import TelemetryConfig
 from hxd.core.telemetry import MAX_BACKOFF_SEC, Telemetry, rows, smi
 from hxd.core.telemetry.sampler import Unavailable
@@ -275,7 +276,7 @@ def test_hxctl_telemetry_offline_table_and_json(
     config.write_text(f'[paths]\nlog_dir = "{tmp_path}/log"\n')
     gpus = [h100(0), h100(1)]
     gpus[1].fan_pct = 45
-    monkeypatch.setattr(cli, "Telemetry", lambda path, settings: Telemetry(path, settings, FakeNvml(gpus)))
+    monkeypatch.setattr(engine, "Telemetry", lambda path, settings: Telemetry(path, settings, FakeNvml(gpus)))
     args = hxctl_telemetry(["--offline", "--config", str(config), "telemetry"])
     assert args.run(args) == 0
     out = capsys.readouterr().out.splitlines()

@@ -103,6 +103,7 @@ class _Job:
         self.listener = listener
         self.state = JobState(kind="")
         self.finished = False
+        self.cancelling: asyncio.Task[None] | None = None
 
     def apply(self, properties: dict[str, Any]) -> None:
         changed = set()
@@ -130,7 +131,7 @@ def _cancel(bus: MessageBus, spec: str, job: _Job, loop: asyncio.AbstractEventLo
     """First Ctrl-C: ask hxd to cancel (the job ends as cancelled); the default handler takes the next one."""
     loop.remove_signal_handler(signal.SIGINT)
     print("hxctl: cancelling the job (Ctrl-C again to stop waiting for it)", file=sys.stderr, flush=True)
-    loop.create_task(_ask_cancel(bus, spec, job.path))
+    job.cancelling = loop.create_task(_ask_cancel(bus, spec, job.path))  # held: the loop keeps weak references
 
 
 async def _ask_cancel(bus: MessageBus, spec: str, path: str) -> None:

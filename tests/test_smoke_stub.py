@@ -1,33 +1,26 @@
 """Smoke tests against the real Ollama stub: first-token timing, every failure, concurrency, regressions, hxctl.
 
 The stub (tools/ollama_stub.py) runs as a process on a real store; its behaviour file injects load and first-token
-delays, token rates and failures. hxctl is checked offline (the core in-process) and online, against a stand-in hxd
-on a private bus: ``RunSmoke(a{sv}) -> o`` on hxd's own job objects (hxd.bus.jobs), the real core behind it.
+delays, token rates and failures. hxctl is checked offline (the core in-process) and online, against the real hxd
+on a private bus (its ``RunSmoke(a{sv}) -> o`` and job objects).
 """
 
-# No ``from __future__ import annotations``: dbus-fast reads the stand-in's D-Bus signatures from them.
+from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
 import socket
 import statistics
-import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dbus_fast.annotations import DBusDict, DBusObjectPath
-from dbus_fast.service import ServiceInterface, dbus_method
+from conftest import StartHxd
 
-from hxd.bus import names
-from hxd.bus.auth import Authority
-from hxd.bus.connection import connect
-from hxd.bus.jobs import JobManager
 from hxd.cli import smoke as smoke_cli
 from hxd.cli.jobs import follow_job
 from hxd.core.config import Config
@@ -37,7 +30,7 @@ from hxd.core.modelref import parse_ref
 from hxd.core.ollama_api import generate
 from hxd.core.smoke import measure_concurrency, perf_dir, run_smoke
 from hxd.samplestore import SAMPLE_MODELS, make_store, sample_env
-from hxd.sandbox import OllamaStub, PrivateBus, write_config
+from hxd.sandbox import HxdProcess, OllamaStub, PrivateBus, wait_until, write_config
 
 NIGHT = datetime(2026, 11, 28, 0, 11, 42, tzinfo=UTC)
 PINNED = "mistral-small3.2:latest"
@@ -251,7 +244,7 @@ def test_cancel_stops_between_requests_and_writes_nothing(launch: Launch, env_fi
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# hxctl smoke: offline, and online through a stand-in hxd that serves the Job contract
+# hxctl smoke: offline, and online through the real hxd and its job objects
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -284,59 +277,15 @@ def test_hxctl_offline(launch: Launch, env_file: Path, tmp_path: Path, capsys: p
         smoke_cli.run(hxctl_args(offline=True, config=config, model=["no way"]))
 
 
-class SmokeManager(ServiceInterface):
-    """Manager.RunSmoke as the daemon serves it: hxd's own JobManager and Job objects, the real core in a thread."""
-
-    def __init__(self, jobs: JobManager, config: Config) -> None:
-        super().__init__(names.MANAGER_INTERFACE)
-        self.jobs, self.config = jobs, config
-
-    @dbus_method()
-    async def RunSmoke(self, options: DBusDict) -> DBusObjectPath:
-        models = [parse_ref(name) for name in options["models"].value] if "models" in options else None
-
-        def work(control: JobControl) -> dict[str, Any]:
-            run = run_smoke(self.config, models, control, datetime.now(UTC))
-            return {"message": run.describe(), "runs": json.dumps(run.to_json())}
-
-        return self.jobs.start("smoke", names.ACTION_SMOKE, work, exclusive=False)
-
-
-@pytest.fixture
-def fake_hxd(bus: PrivateBus) -> Iterator[Callable[[Config], None]]:
-    """Start the stand-in hxd (its own thread and event loop) on the session bus with a given config."""
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    ready = threading.Event()
-
-    async def serve(config: Config) -> None:
-        connection = await connect(bus.address)  # an HxdBus: job methods see their caller, as in hxd
-        jobs = JobManager(connection, Authority(connection), lambda: None)
-        connection.export(names.MANAGER_PATH, SmokeManager(jobs, config))
-        await connection.request_name(names.BUS_NAME)
-        ready.set()
-        await stop.wait()
-        await jobs.shutdown(10)
-        connection.disconnect()
-
-    thread: threading.Thread | None = None
-
-    def start(config: Config) -> None:
-        nonlocal thread
-        thread = threading.Thread(target=loop.run_until_complete, args=(serve(config),))
-        thread.start()
-        assert ready.wait(10)
-
-    yield start
-    if thread is not None:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-    loop.close()
+def smoke_hxd(start_hxd: StartHxd, stub: OllamaStub, env_file: Path, smoke: str = "") -> HxdProcess:
+    """The real hxd on the session bus, asking the stub, reading models from ``env_file`` (RunSmoke is its own)."""
+    extra = f'[ollama]\nurl = "{stub.url}"\n[telemetry]\nenabled = false\n[audit]\nenabled = false\n[smoke]\n{smoke}'
+    return start_hxd(extra, paths={"env_file": env_file})
 
 
 def test_hxctl_follows_the_job_on_the_bus(
     bus: PrivateBus,
-    fake_hxd: Callable[[Config], None],
+    start_hxd: StartHxd,
     launch: Launch,
     env_file: Path,
     tmp_path: Path,
@@ -344,23 +293,28 @@ def test_hxctl_follows_the_job_on_the_bus(
 ) -> None:
     stub = launch({"models": {"*": {"load_delay": 0.05, "first_token_delay": 0.05, "tokens": 2}}})
     missing_env = tmp_path / "missing.env"
-    fake_hxd(make_config(tmp_path, missing_env, stub.url, concurrency=2))
+    hxd = smoke_hxd(start_hxd, stub, missing_env, "concurrency = 2\n")
     assert smoke_cli.run(hxctl_args(bus=bus.address, model=["llama3.2:3b"], json=True)) == 0
     out, err = capsys.readouterr()
-    report = json.loads(out.splitlines()[-1])  # after the stand-in's own log lines (structlog's default: stdout)
+    report = json.loads(out)  # hxctl prints the report alone; hxd logs to its own file
     assert [m["name"] for m in report["models"]] == ["llama3.2:3b"] and report["ok"] is True
     # [0/4]: the job's first update (ItemsTotal), which may go out before RunSmoke's reply, was not lost.
     assert err.splitlines()[:2] == ["[0/4] warm-up llama3.2:3b", "[1/4] measure llama3.2:3b"]
+    # hxd itself ran and recorded the run (its log line is written as the job ends: wait for it).
+    summary = "summary='1 models: 1 ok, 0 failed, 0 regressed; concurrency 2/2'"
+
+    def recorded() -> bool:
+        return any("smoke run finished" in line and summary in line for line in hxd.log().splitlines())
+
+    wait_until(recorded, 10, "hxd's 'smoke run finished' log line")
     # A job that fails ends hxctl with the job's message: here no --model and no env file to read models from.
     with pytest.raises(Failed, match=r"missing\.env"):
         smoke_cli.run(hxctl_args(bus=bus.address))
 
 
-def test_ctrl_c_cancels_the_job(
-    bus: PrivateBus, fake_hxd: Callable[[Config], None], launch: Launch, env_file: Path, tmp_path: Path
-) -> None:
+def test_ctrl_c_cancels_the_job(bus: PrivateBus, start_hxd: StartHxd, launch: Launch, env_file: Path) -> None:
     stub = launch({"models": {"*": {"first_token_delay": 0.1, "tokens": 2}}})
-    fake_hxd(make_config(tmp_path, env_file, stub.url))
+    smoke_hxd(start_hxd, stub, env_file)
 
     def interrupt_at_measure(state: JobState, changed: frozenset[str]) -> None:
         if "phase" in changed and state.phase == "measure llama3.2:3b":

@@ -90,6 +90,7 @@ class Daemon:
         self.rng = random.Random()
         self.timer_tasks: list[asyncio.Task[None]] = []
         self.scheduled: dict[str, Timer] = {}
+        self.reloads: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references to tasks
 
     async def run(self) -> int:
         try:
@@ -204,12 +205,17 @@ class Daemon:
             detail = f" ({state.phase}, {state.progress:.0%})" if state.state == "running" else f": {state.message}"
             summary[path] = f"{state.kind} {state.state}{detail}"
         self.engine.set_jobs(summary)
-        self.engine.refresh_migration()
 
     def _reload(self) -> None:
+        """SIGHUP: reload as Reload() does, in a task (reading the config must not block the loop)."""
+        task = asyncio.get_running_loop().create_task(self._reload_quietly())
+        self.reloads.add(task)
+        task.add_done_callback(self.reloads.discard)
+
+    async def _reload_quietly(self) -> None:
         # On failure the engine logs why and shows it in Status(); hxd keeps serving with the old config.
         with contextlib.suppress(InvalidConfig):
-            self.engine.reload()
+            await self.manager.reload()
 
     def _facts_changed(self, facts: frozenset[str]) -> None:
         if "state" in facts or "state_message" in facts:

@@ -61,26 +61,30 @@ async def serve(sock: socket.socket, render: Callable[[], str]) -> asyncio.Serve
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            async with asyncio.timeout(_REQUEST_TIMEOUT_SEC):
-                head = await reader.readuntil(b"\r\n\r\n")
-            method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-            if method not in ("GET", "HEAD"):
-                reply = _response("405 Method Not Allowed", "only GET /metrics\n")
-            elif target.split("?", 1)[0] != "/metrics":
-                reply = _response("404 Not Found", "hxd serves /metrics only\n")
-            else:
-                reply = _response("200 OK", render(), CONTENT_TYPE)
-                if method == "HEAD":
-                    reply = reply.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            reply = _response("400 Bad Request", "expected an HTTP request for /metrics\n")
-        try:
-            writer.write(reply)
+            writer.write(await answer(reader))
             await writer.drain()
         except ConnectionError:
             pass
         finally:
             writer.close()
+
+    async def answer(reader: asyncio.StreamReader) -> bytes:
+        try:
+            async with asyncio.timeout(_REQUEST_TIMEOUT_SEC):
+                head = await reader.readuntil(b"\r\n\r\n")
+            method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            return _response("400 Bad Request", "expected an HTTP request for /metrics\n")
+        if method not in ("GET", "HEAD"):
+            return _response("405 Method Not Allowed", "only GET /metrics\n")
+        if target.split("?", 1)[0] != "/metrics":
+            return _response("404 Not Found", "hxd serves /metrics only\n")
+        try:
+            reply = _response("200 OK", render(), CONTENT_TYPE)
+        except Exception:  # a bug in hxd, not the client's fault; the scrape fails visibly and hxd serves on
+            log.exception("cannot render /metrics")
+            return _response("500 Internal Server Error", "hxd could not render its metrics; see journalctl -u hxd\n")
+        return reply.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" if method == "HEAD" else reply
 
     sock.setblocking(False)
     return await asyncio.start_server(handle, sock=sock, limit=_MAX_REQUEST)

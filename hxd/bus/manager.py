@@ -7,6 +7,7 @@ properties, and a change to any of them is sent as PropertiesChanged so clients 
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from dbus_fast import PropertyAccess, Variant
@@ -20,7 +21,7 @@ from hxd.bus.jobs import JobManager, to_variants
 from hxd.bus.methods import HxdInterface, method, parse_options
 from hxd.core.audit import AuditResult
 from hxd.core.engine import Engine
-from hxd.core.errors import Cancelled, Failed, InvalidArgs
+from hxd.core.errors import Cancelled, Failed, InvalidArgs, InvalidConfig
 from hxd.core.jobs import JobControl
 from hxd.core.migrate.runner import Migration
 from hxd.core.modelref import BadReference, ModelRef, parse_ref
@@ -120,7 +121,17 @@ class Manager(HxdInterface):
     @method()
     async def Reload(self) -> None:
         """Re-read the config file; a broken file keeps the old config and fails with InvalidConfig."""
-        self.engine.reload()
+        await self.reload()
+
+    async def reload(self) -> None:
+        """Read the config in a thread (it stats every configured path, which a hung mount can stall), then switch
+        to it on the event loop; SIGHUP calls this too."""
+        try:
+            loaded = await asyncio.to_thread(self.engine.load)
+        except InvalidConfig as exc:
+            self.engine.reload_failed(exc)
+            raise
+        self.engine.apply(loaded)
 
     @method(action=names.ACTION_VALIDATE)
     async def Validate(self, options: DBusDict) -> ValidateReply:
@@ -160,19 +171,19 @@ class Manager(HxdInterface):
         """Start the migration (or, with resume b, finish an interrupted one) as a job; returns its path."""
         values = parse_options(options, {**MIGRATE_PATHS, "resume": "b"})
         resume = bool(values.pop("resume", False))
-        return self.jobs.start("migrate", names.ACTION_MIGRATE, lambda c: self._migration(c).run(values, resume=resume))
+        return self._migration_job("migrate", lambda m: m.run(values, resume=resume))
 
     @method(action=names.ACTION_MIGRATE)
     async def Rollback(self, options: DBusDict) -> DBusObjectPath:
         """Undo the last migration (interrupted or committed, until its source is pruned) as a job."""
         parse_options(options, {})
-        return self.jobs.start("rollback", names.ACTION_MIGRATE, lambda c: self._migration(c).rollback())
+        return self._migration_job("rollback", lambda m: m.rollback())
 
     @method(action=names.ACTION_MIGRATE)
     async def PruneSource(self, options: DBusDict) -> DBusObjectPath:
         """After a committed migration, delete the old store it kept as a backup, as a job. No rollback after."""
         parse_options(options, {})
-        return self.jobs.start("prune", names.ACTION_MIGRATE, lambda c: self._migration(c).prune_source())
+        return self._migration_job("prune", lambda m: m.prune_source())
 
     @method(action=names.ACTION_AUDIT)
     async def Audit(self, options: DBusDict) -> AuditReply:
@@ -233,6 +244,12 @@ class Manager(HxdInterface):
 
     def _migration(self, control: JobControl) -> Migration:
         return Migration(self.engine.config, self.controller, control)
+
+    def _migration_job(self, kind: str, work: Callable[[Migration], dict[str, Any]]) -> str:
+        """Start a job on the migration; when it ends, the migrate feature's state is read again from its journal."""
+        path = self.jobs.start(kind, names.ACTION_MIGRATE, lambda control: work(self._migration(control)))
+        self.jobs.after(path, lambda _state: self.engine.refresh_migration())
+        return path
 
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> DBusStr:

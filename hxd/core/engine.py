@@ -68,6 +68,15 @@ class Timer:
 
 
 @dataclass(frozen=True)
+class Loaded:
+    """A config read and checked off the event loop, ready for ``Engine.apply``."""
+
+    config: Config
+    timers: dict[str, Timer]
+    paths: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Status:
     """Everything ``Status()`` reports; also what ``hxctl --offline status`` prints."""
 
@@ -152,20 +161,27 @@ class Engine:
             return f"configuration not reloaded, still using the previous one: {self.config_error}"
         return ""
 
-    def reload(self) -> None:
-        """Re-read the config file. A broken file keeps the old config, marks hxd degraded and raises InvalidConfig."""
-        try:
-            config = load_config(self.config_path)
-        except InvalidConfig as exc:
-            self.config_error = str(exc)
-            log.error("config reload failed; keeping the previous configuration", error=self.config_error)
-            self.state = "degraded"
-            self.notify("state", "state_message")
-            raise
+    def load(self) -> Loaded:
+        """Read the config file and look at what it names (stamps, every path). Blocking, and touching no state:
+        the daemon calls it in a worker thread, then ``apply`` (or ``reload_failed``) on the event loop. Raises
+        InvalidConfig."""
+        config = load_config(self.config_path)
+        return Loaded(config, build_timers(config), check_paths(config))
+
+    def reload_failed(self, exc: InvalidConfig) -> None:
+        """A broken file keeps the old config and marks hxd degraded, with the reason in Status()."""
+        self.config_error = str(exc)
+        log.error("config reload failed; keeping the previous configuration", error=self.config_error)
+        self.state = "degraded"
+        self.notify("state", "state_message")
+
+    def apply(self, loaded: Loaded) -> None:
+        """Switch to a config that ``load`` read."""
+        config = loaded.config
         self.config = config
         self.config_error = ""
-        self.timers = build_timers(config)
-        self.paths = check_paths(config)
+        self.timers = loaded.timers
+        self.paths = loaded.paths
         self.telemetry.configure(csv_path(config), config.telemetry)
         self.record_telemetry()
         self.state = "running"

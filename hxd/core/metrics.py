@@ -62,7 +62,8 @@ def _findings(name: str, help_text: str, last: dict[str, int | str]) -> list[str
 
 
 def _smoke(last: dict[str, Any]) -> list[str]:
-    """The last smoke run, per model (``LastSmoke``); nothing before the first run."""
+    """The last smoke run, per model (``LastSmoke``); nothing before the first run. The run may come from the results
+    file, which anyone with write access could have edited: values of the wrong type are left out."""
     models: dict[str, dict[str, Any]] = last.get("models", {})
     if not models:
         return []
@@ -75,14 +76,25 @@ def _smoke(last: dict[str, Any]) -> list[str]:
         *family(
             "hxd_smoke_first_token_seconds",
             "Time to the first token in the last smoke run.",
-            [({"model": m}, float(r["first_token_sec"])) for m, r in models.items() if "first_token_sec" in r],
+            [({"model": m}, float(t)) for m, r in models.items() if _number(t := r.get("first_token_sec"))],
         ),
         *family(
             "hxd_smoke_last_run_timestamp_seconds",
             "When the last smoke run started (Unix time).",
-            [({}, datetime.fromisoformat(last["time"]).timestamp())] if last.get("time") else [],
+            [({}, started)] if (started := _unix_time(last.get("time"))) is not None else [],
         ),
     ]
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _unix_time(text: object) -> float | None:
+    try:
+        return datetime.fromisoformat(str(text)).timestamp() if text else None
+    except ValueError:
+        return None
 
 
 def _jobs(status: Status) -> Counter[tuple[str, str]]:

@@ -36,6 +36,7 @@ from hxd.bus.systemd import SystemdController
 from hxd.core.config import DEFAULT_CONFIG_PATH, dump_config, load_config
 from hxd.core.engine import Engine, Timer, stamp_path
 from hxd.core.errors import HxdError, InvalidConfig
+from hxd.core.jobs import JobSummary
 from hxd.core.metrics import render
 from hxd.core.schedule import Calendar, Interval, write_stamp
 from hxd.core.smoke import last_smoke
@@ -199,12 +200,7 @@ class Daemon:
         return 0
 
     def _jobs_changed(self, jobs: JobManager) -> None:
-        summary = {}
-        for path, job in jobs.jobs.items():
-            state = job.state
-            detail = f" ({state.phase}, {state.progress:.0%})" if state.state == "running" else f": {state.message}"
-            summary[path] = f"{state.kind} {state.state}{detail}"
-        self.engine.set_jobs(summary)
+        self.engine.set_jobs({path: JobSummary.of(job.state) for path, job in jobs.jobs.items()})
 
     def _reload(self) -> None:
         """SIGHUP: reload as Reload() does, in a task (reading the config must not block the loop)."""

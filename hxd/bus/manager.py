@@ -102,7 +102,7 @@ class Manager(HxdInterface):
             "features": status.features,
             "timers": {name: iso(when) for name, when in status.timers.items()},
             "paths": status.paths,
-            "jobs": status.jobs,
+            "jobs": {path: job.text for path, job in status.jobs.items()},
             "last_audit": {k: Variant("s" if isinstance(v, str) else "t", v) for k, v in status.last_audit.items()},
             "uptime_sec": status.uptime_sec,
         }

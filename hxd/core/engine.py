@@ -21,7 +21,7 @@ from hxd.core.audit import AuditResult, run_audit
 from hxd.core.config import Config, load_config
 from hxd.core.envfile import read_envfile, read_envfile_fd
 from hxd.core.errors import InvalidConfig
-from hxd.core.jobs import JobControl
+from hxd.core.jobs import JobControl, JobSummary
 from hxd.core.migrate.runner import interrupted
 from hxd.core.modelref import ModelRef
 from hxd.core.paths import check_paths
@@ -90,7 +90,7 @@ class Status:
     features: dict[str, str]
     timers: dict[str, datetime]
     paths: dict[str, str]
-    jobs: dict[str, str]
+    jobs: dict[str, JobSummary]
     last_audit: dict[str, int | str]
     last_validation: dict[str, int | str]
     last_smoke: dict[str, Any]
@@ -111,7 +111,7 @@ class Engine:
     )
     timers: dict[str, Timer] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
-    jobs: dict[str, str] = field(default_factory=dict)  # job path -> "kind: state (phase, progress)"
+    jobs: dict[str, JobSummary] = field(default_factory=dict)  # by job path
     last_audit: dict[str, int | str] = field(default_factory=dict)  # time, errors, warnings, infos, scanned, changes
     last_validation: dict[str, int | str] = field(default_factory=dict)  # time, file, errors, warnings
     last_smoke: dict[str, Any] = field(default_factory=dict)  # SmokeRun.summary() of the last run
@@ -140,7 +140,7 @@ class Engine:
             self.features["migrate"] = state
             self.notify("features")
 
-    def set_jobs(self, jobs: dict[str, str]) -> None:
+    def set_jobs(self, jobs: dict[str, JobSummary]) -> None:
         if jobs != self.jobs:
             self.jobs = jobs
             self.notify("jobs")

@@ -44,6 +44,20 @@ class JobState:
         return 1.0 if self.state != "running" else 0.0
 
 
+@dataclass(frozen=True)
+class JobSummary:
+    """A job as Status() lists it: its kind and state for scripts and metrics, a line for people."""
+
+    kind: str
+    state: str
+    text: str  # "migrate running (copy, 52%)", "audit completed: audit finished"
+
+    @classmethod
+    def of(cls, state: JobState) -> JobSummary:
+        detail = f" ({state.phase}, {state.progress:.0%})" if state.state == "running" else f": {state.message}"
+        return cls(state.kind, state.state, f"{state.kind} {state.state}{detail}")
+
+
 Listener = Callable[[JobState, frozenset[str]], None]
 
 

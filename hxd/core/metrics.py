@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from hxd.core.engine import STATES, Status
 from hxd.core.promtext import family
@@ -86,7 +86,7 @@ def _smoke(last: dict[str, Any]) -> list[str]:
     ]
 
 
-def _number(value: object) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -98,5 +98,4 @@ def _unix_time(text: object) -> float | None:
 
 
 def _jobs(status: Status) -> Counter[tuple[str, str]]:
-    """Job summaries read "kind state ..." (see the daemon's job list)."""
-    return Counter((text.split()[0], text.split()[1].rstrip(":")) for text in status.jobs.values())
+    return Counter((job.kind, job.state) for job in status.jobs.values())

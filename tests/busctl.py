@@ -1,10 +1,12 @@
-"""busctl, systemd's own D-Bus client, as the independent client in tests (never our own client library)."""
+"""busctl, systemd's own D-Bus client, as the independent client in tests (never our own client library), and hxctl
+as a subprocess."""
 
 from __future__ import annotations
 
 import json
 import pwd
 import subprocess
+import sys
 from typing import Any
 
 from hxd.bus import names
@@ -61,3 +63,10 @@ def dbus_send(address: str, member: str, *args: str, user: str | None = None) ->
         *args,
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+def hxctl(*args: str, user: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run hxctl (this checkout's, with this interpreter) from / (readable by every account); ``user`` runs it as
+    that account via setpriv."""
+    command = [*as_user(user), sys.executable, "-c", "from hxd.cli import main; raise SystemExit(main())", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd="/")

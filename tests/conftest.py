@@ -7,13 +7,19 @@ busctl as the independent client.
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import socket
 import stat
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from hxd.sandbox import HxdProcess, NotifySocket, PrivateBus, write_config
+from hxd.sandbox import HxdProcess, NotifySocket, PrivateBus, wait_until, write_config
 
 _skipped: list[str] = []
 
@@ -88,3 +94,56 @@ def start_hxd(bus: PrivateBus, tmp_path: Path) -> Iterator[StartHxd]:
                 hxd.stop()
     for notify in notify_sockets:
         notify.close()
+
+
+def system_account(name: str) -> tuple[int, int]:
+    """(uid, gid) of ``name``, created if absent as packages create theirs (sysusers.d, Ollama's installer): a
+    system account with its own group, no home and no login shell. Creating one needs root (CI runs as root)."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        assert os.geteuid() == 0, f"the account {name} is missing and only root can create it (CI runs as root)"
+        command = ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
+        subprocess.run(command, check=True)
+        entry = pwd.getpwnam(name)
+    return entry.pw_uid, entry.pw_gid
+
+
+@pytest.fixture(scope="session")
+def ollama_account() -> tuple[int, int]:
+    """The account Ollama's files belong to, as on a node."""
+    return system_account("ollama")
+
+
+@contextmanager
+def world_traversable_dir(prefix: str) -> Iterator[Path]:
+    """A fresh directory under /tmp with mode 0755, removed afterwards: other accounts (ollama, nobody) can reach
+    what lies in it, which they cannot below pytest's tmp_path (its root is 0700)."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        directory.chmod(0o755)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def world_tmp(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Like tmp_path, but world-traversable (see world_traversable_dir); one per test."""
+    with world_traversable_dir(f"hxd-{request.module.__name__.rsplit('.', 1)[-1].removeprefix('test_')}-") as path:
+        yield path
+
+
+def wait_listening(port: int, timeout: float = 10.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:``port``; fails at once if ``process`` (the one
+    that should listen) exits first."""
+
+    def accepts() -> bool:
+        assert process is None or process.poll() is None, f"{process.args!r} exited with {process.returncode}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+
+    wait_until(accepts, timeout, f"a listener on 127.0.0.1:{port}")

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from busctl import as_user, busctl, call_manager, dbus_send, manager
-from conftest import StartHxd
+from busctl import as_user, busctl, call_manager, dbus_send, hxctl, manager
+from conftest import StartHxd, system_account, world_traversable_dir
 
 from hxd.bus import names
 from hxd.sandbox import PrivateBus
@@ -44,21 +41,18 @@ def system_like_config(directory: Path) -> Path:
 @pytest.fixture(scope="module")
 def system_bus(hxd_user: str) -> Iterator[PrivateBus]:
     """Depends on hxd_user: the policy names that account, and the bus resolves it when it starts."""
-    # Under /tmp (world-traversable) so that unprivileged users can reach the socket.
-    directory = Path(tempfile.mkdtemp(prefix="hxd-system-bus-"))
-    directory.chmod(0o755)
-    try:
-        with PrivateBus(directory, system_like_config(directory)) as bus:
-            yield bus
-    finally:
-        shutil.rmtree(directory)
+    # World-traversable, so that unprivileged users can reach the socket.
+    with (
+        world_traversable_dir("hxd-system-bus-") as directory,
+        PrivateBus(directory, system_like_config(directory)) as bus,
+    ):
+        yield bus
 
 
 @pytest.fixture(scope="module")
 def hxd_user() -> str:
     """The account the package creates; tests run as root (CI does), so create it the same way if absent."""
-    if subprocess.run(["getent", "passwd", "hxd"], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "hxd"], check=True)
+    system_account("hxd")
     return "hxd"
 
 
@@ -148,15 +142,6 @@ def test_other_interfaces_are_denied_to_unprivileged_users(system_bus: PrivateBu
 
 def test_unprivileged_audit_fix_is_refused(system_bus: PrivateBus, start_hxd: StartHxd) -> None:
     start_hxd(address=system_bus.address)
-    command = [
-        sys.executable,
-        "-c",
-        "from hxd.cli import main; raise SystemExit(main())",
-        "--bus",
-        system_bus.address,
-        "audit",
-        "--fix",
-    ]
-    result = subprocess.run([*as_user("nobody"), *command], capture_output=True, text=True, timeout=60, cwd="/")
+    result = hxctl("--bus", system_bus.address, "audit", "--fix", user="nobody")
     assert result.returncode == 4, result.stderr
     assert result.stderr.strip().endswith("only root may do this [NotAuthorized]")

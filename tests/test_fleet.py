@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_listening, world_traversable_dir
 from migrate_support import node_config
 
 from hxd.core.config import dump_config
@@ -28,33 +27,26 @@ def sshd() -> Iterator[tuple[Path, int]]:
     """An sshd of the test's own on 127.0.0.1 (key auth as root, accepting HXD_CONFIG and HXD_NODE); returns (dir,
     port)."""
     assert shutil.which("sshd", path="/usr/sbin:/usr/bin"), "sshd is missing: apt-get install openssh-server"
-    root = Path(tempfile.mkdtemp(prefix="hxd-sshd-"))
-    root.chmod(0o755)
-    for kind in ("ed25519",):
-        subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(root / f"host_{kind}")], check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "client")], check=True)
-    (root / "authorized_keys").write_text((root / "client.pub").read_text())
-    port = free_port()
-    (root / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root}/host_ed25519\nPidFile {root}/sshd.pid\n"
-        f"AuthorizedKeysFile {root}/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nAcceptEnv HXD_CONFIG HXD_NODE\n"
-        f"SetEnv PATH={Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin\n"
-    )
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-    daemon = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(root / "sshd_config")], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert daemon.poll() is None and time.monotonic() < deadline, "sshd did not start"
-            time.sleep(0.05)
-    yield root, port
-    daemon.terminate()
-    daemon.wait(10)
-    shutil.rmtree(root, ignore_errors=True)
+    with world_traversable_dir("hxd-sshd-") as root:
+        for kind in ("ed25519",):
+            subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(root / f"host_{kind}")], check=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "client")], check=True)
+        (root / "authorized_keys").write_text((root / "client.pub").read_text())
+        port = free_port()
+        (root / "sshd_config").write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root}/host_ed25519\nPidFile {root}/sshd.pid\n"
+            f"AuthorizedKeysFile {root}/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nAcceptEnv HXD_CONFIG HXD_NODE\n"
+            f"SetEnv PATH={Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin\n"
+        )
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        daemon = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(root / "sshd_config")], stderr=subprocess.PIPE
+        )
+        wait_listening(port, 10, daemon)
+        yield root, port
+        daemon.terminate()
+        daemon.wait(10)
 
 
 NODE_SHELL = 'mount --bind "$1/$HXD_NODE" "$1/current" || exit 1; shift; exec "$@"'
@@ -79,13 +71,12 @@ def in_node(base: Path, node: str, *command: str) -> list[str]:
 
 
 @pytest.fixture
-def nodes(sshd: tuple[Path, int]) -> Iterator[tuple[Path, dict[str, Path]]]:
+def nodes(sshd: tuple[Path, int], world_tmp: Path) -> tuple[Path, dict[str, Path]]:
     """Two aligned nodes (llm-01, llm-02) after the migration, each with its files at the same absolute paths (a
     mount namespace per SSH session binds the node's directory on base/current), and an ssh_config naming them and
     an unreachable one. Returns the base and each node's hxd.toml (as seen from outside)."""
     root, port = sshd
-    base = Path(tempfile.mkdtemp(prefix="hxd-fleet-"))
-    base.chmod(0o755)
+    base = world_tmp
     (base / "current").mkdir()
     config = node_config(base / "current")
     p = config.paths
@@ -114,8 +105,7 @@ def nodes(sshd: tuple[Path, int]) -> Iterator[tuple[Path, dict[str, Path]]]:
         "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
     )
     (base / "ssh_config").write_text("\n".join(lines))
-    yield base, configs
-    shutil.rmtree(base, ignore_errors=True)
+    return base, configs
 
 
 def fleet(base: Path, *args: str, hosts: tuple[str, ...] = ("llm-01", "llm-02")) -> subprocess.CompletedProcess[str]:

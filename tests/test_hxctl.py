@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from busctl import status
+from busctl import hxctl, status
 from conftest import StartHxd
 
 from hxd.sandbox import PrivateBus, write_config
-
-
-def hxctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from hxd.cli import main; raise SystemExit(main())", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def test_status_json_agrees_with_busctl(bus: PrivateBus, start_hxd: StartHxd) -> None:

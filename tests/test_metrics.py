@@ -3,24 +3,23 @@ client and parsed with prometheus-client's text-format parser."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from busctl import busctl, status
-from conftest import StartHxd
+from busctl import busctl, call_manager, manager, status
+from conftest import StartHxd, wait_listening
 from prometheus_client.parser import text_string_to_metric_families
 
+from hxd.bus import names
 from hxd.samplestore import make_node
-from hxd.sandbox import NotifySocket, OllamaStub, PrivateBus, free_port, write_config
+from hxd.sandbox import NotifySocket, OllamaStub, PrivateBus, free_port, wait_until, write_config
 
 
 def scrape(url: str, timeout: float = 15.0) -> tuple[str, str]:
@@ -61,14 +60,7 @@ def activated(bus: PrivateBus, tmp_path: Path) -> Iterator[tuple[str, NotifySock
         ],
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 10
-    while True:  # wait until systemd-socket-activate listens (it prints "Listening on ...")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "systemd-socket-activate did not listen"
-            time.sleep(0.05)
+    wait_listening(port, 10, process)  # systemd-socket-activate listens (it prints "Listening on ...")
     yield f"http://127.0.0.1:{port}", notify, process
     process.terminate()
     assert process.wait(30) == 0
@@ -143,20 +135,9 @@ def test_findings_and_jobs_appear_after_they_ran(bus: PrivateBus, start_hxd: Sta
     start_hxd(f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
     before = samples(scrape(f"http://127.0.0.1:{port}/metrics")[1])
     assert not any(name in ("hxd_audit_findings", "hxd_validation_findings") for name, _ in before)
-    busctl(
-        bus.address, "call", "org.hxinfra.hxd1", "/org/hxinfra/hxd1", "org.hxinfra.hxd1.Manager", "Audit", "a{sv}", "0"
-    )
-    busctl(
-        bus.address,
-        "call",
-        "org.hxinfra.hxd1",
-        "/org/hxinfra/hxd1",
-        "org.hxinfra.hxd1.Manager",
-        "Validate",
-        "a{sv}",
-        "0",
-        check=False,
-    )  # the sandbox has no env file: Unreadable, nothing recorded
+    manager(bus.address, "Audit", "a{sv}", "0")
+    # The sandbox has no env file: Validate fails with Unreadable, and nothing is recorded.
+    manager(bus.address, "Validate", "a{sv}", "0", check=False)
     after = samples(scrape(f"http://127.0.0.1:{port}/metrics")[1])
     assert ("hxd_audit_findings", (("severity", "error"),)) in after
     assert not any(name == "hxd_validation_findings" for name, _ in after)
@@ -173,27 +154,15 @@ def test_last_smoke_run_per_model(bus: PrivateBus, start_hxd: StartHxd, tmp_path
             f'[metrics]\nlisten = "127.0.0.1:{port}"\n[ollama]\nurl = "{stub.url}"\n',
             paths={"env_file": env_file, "legacy": root / "legacy"},
         )
-        reply = busctl(
-            bus.address,
-            "--json=short",
-            "call",
-            "org.hxinfra.hxd1",
-            "/org/hxinfra/hxd1",
-            "org.hxinfra.hxd1.Manager",
-            "RunSmoke",
-            "a{sv}",
-            "0",
-        )
-        job = json.loads(reply.stdout)["data"][0]
-        deadline = time.monotonic() + 60
-        while True:
-            state = busctl(bus.address, "get-property", "org.hxinfra.hxd1", job, "org.hxinfra.hxd1.Job", "State")
-            if state.stdout.strip() != 's "running"':
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        [job] = call_manager(bus.address, "RunSmoke", "a{sv}", "0")
+
+        def state() -> str:
+            return busctl(bus.address, "get-property", names.BUS_NAME, job, names.JOB_INTERFACE, "State").stdout.strip()
+
+        wait_until(lambda: state() != 's "running"', 60, f"the end of {job}")
+        final = state()
         values = samples(scrape(f"http://127.0.0.1:{port}/metrics")[1])
-    assert state.stdout.strip() == 's "completed"'
+    assert final == 's "completed"'
     models = {labels[0][1] for name, labels in values if name == "hxd_smoke_ok"}
     assert len(models) == 3 and {"llama3.2:3b", "qwen3:1.7b"} < models, models
     for model in models:

@@ -9,17 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from busctl import call_manager
+from busctl import call_manager, hxctl
 from conftest import StartHxd
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -29,25 +24,18 @@ from hxd.bus import names
 from hxd.core.config import Config
 from hxd.core.jobs import JobControl, JobState
 from hxd.core.migrate.runner import Migration
-from hxd.sandbox import HxdProcess, PrivateBus, free_port
+from hxd.sandbox import HxdProcess, PrivateBus, free_port, wait_until
 from hxd.sandbox_systemd import MockSystemd, OllamaService
 
-
-@pytest.fixture(scope="module", autouse=True)
-def ollama_account() -> None:
-    if subprocess.run(["getent", "passwd", "ollama"], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "ollama"], check=True)
+pytestmark = pytest.mark.usefixtures("ollama_account")
 
 
 @pytest.fixture
-def node() -> Iterator[Config]:
+def node(world_tmp: Path) -> Config:
     """A legacy node under a directory the ollama user can traverse."""
-    root = Path(tempfile.mkdtemp(prefix="hxd-migrate-bus-"))
-    root.chmod(0o755)
-    config = node_config(root, url=f"http://127.0.0.1:{free_port()}")
+    config = node_config(world_tmp, url=f"http://127.0.0.1:{free_port()}")
     make_legacy_node(config)
-    yield config
-    shutil.rmtree(root, ignore_errors=True)
+    return config
 
 
 @pytest.fixture
@@ -156,10 +144,11 @@ def test_a_second_mutating_job_is_busy(
     first = call_manager(bus.address, "Migrate", "a{sv}", "0")[0]
     busy = call_manager(bus.address, "Rollback", "a{sv}", "0", check=False)
     assert busy.stderr.strip() == f"Call failed: migrate job {first} is running; wait for it or cancel it"
-    deadline = time.monotonic() + 30
-    while call_manager(bus.address, "Status")[0]["jobs"]["data"][first].startswith("migrate running"):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+
+    def ended() -> bool:
+        return not call_manager(bus.address, "Status")[0]["jobs"]["data"][first].startswith("migrate running")
+
+    wait_until(ended, 30, f"the end of {first}")
 
 
 def test_an_interrupted_migration_is_reported_and_resumed(
@@ -190,15 +179,6 @@ def test_plan_refusals_reach_the_caller(bus: PrivateBus, start_hxd: StartHxd, no
     refused = call_manager(bus.address, "PlanMigration", "a{sv}", "1", "source", "s", "/nonexistent/store", check=False)
     assert refused.stderr.strip() == "Call failed: refused: the source path /nonexistent/store does not exist"
     assert not os.path.lexists(node.paths.canonical)
-
-
-def hxctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from hxd.cli import main; raise SystemExit(main())", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_hxctl_migrate_and_rollback(bus: PrivateBus, start_hxd: StartHxd, node: Config, ollama: OllamaService) -> None:

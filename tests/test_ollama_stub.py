@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from hxd.samplestore import blob_path, make_store, manifest_path, write_blob
-from hxd.sandbox import OllamaStub
+from hxd.sandbox import OllamaStub, wait_until
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
@@ -194,9 +194,7 @@ def test_liveness_version_and_routing(shared: Stub) -> None:
     assert call(stub, "GET", "/", headers={"Host": "localhost:11434"})[0] == 200
     # One gin-style line per request on stderr (written just after the response, hence the short wait).
     gin_line = re.compile(r'^\[GIN\] \d{4}/\d\d/\d\d - [\d:]{8} \| 200 \| +\S+ \| +127\.0\.0\.1 \| GET {6}"/"$', re.M)
-    deadline = time.monotonic() + 2
-    while not gin_line.search(stub.stderr.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: gin_line.search(stub.stderr.read_text()), 2, "the gin line of GET /")
     assert gin_line.search(stub.stderr.read_text())
 
 
@@ -255,7 +253,9 @@ def test_tags_rescans_the_store_on_every_request(launch: Launch, store: tuple[Pa
         return {m["name"]: (m["digest"], m["modified_at"]) for m in data["models"]}
 
     before = listing()
-    assert len(before) == 4
+    assert {name: digest for name, (digest, _) in before.items()} == {
+        {"llama3.2": "llama3.2:latest"}.get(name, name): digest for name, digest in digests.items()
+    }
     new = make_store(root, {"added:7b": [b"new weights"]})
     assert listing()["added:7b"][0] == new["added:7b"]
     manifest_path(root, "qwen3:0.6b").unlink()
@@ -269,13 +269,16 @@ def test_tags_rescans_the_store_on_every_request(launch: Launch, store: tuple[Pa
     blob_path(root, config_digest).unlink()
     (manifest_path(root, "llama3.2").parent / ".DS_Store").write_bytes(b"junk")
     names = listing()
-    assert "broken:latest" not in names and broken and len(names) == 4
+    assert manifest_path(root, "broken").is_file() and "broken" in broken  # its manifest is there ...
+    assert "broken:latest" not in names and len(names) == 4  # ... yet it is left out
+    assert names.keys() == before.keys() - {"qwen3:0.6b"} | {"added:7b"}
     # A dangling symlink at depth 4 makes manifest.Manifests fail: the whole listing is a 500.
     dangling = manifest_path(root, "llama3.2").parent / "gone"
     dangling.symlink_to(root / "nowhere")
     status, data = call_json(stub, "GET", "/api/tags")
     assert (status, data) == (500, {"error": f"stat {dangling}: no such file or directory"})
-    assert digests
+    dangling.unlink()  # and once it is gone, the store lists again
+    assert listing().keys() == names.keys()
 
 
 def test_startup_prunes_like_ollama(launch: Launch, tmp_path: Path) -> None:

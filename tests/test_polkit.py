@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import threading
-import time
 
 import pytest
 from busctl import busctl, dbus_send, manager
@@ -14,7 +13,7 @@ from conftest import StartHxd
 from polkit_mock import MockPolkit
 
 from hxd.bus import names
-from hxd.sandbox import PrivateBus
+from hxd.sandbox import PrivateBus, wait_until
 
 
 @pytest.fixture
@@ -83,10 +82,7 @@ def test_sigterm_lets_an_in_flight_call_finish(bus: PrivateBus, polkit: MockPolk
     outcome: dict[str, subprocess.CompletedProcess[str]] = {}
     caller = threading.Thread(target=lambda: outcome.setdefault("reload", dbus_send(bus.address, "Reload")))
     caller.start()
-    deadline = time.monotonic() + 5
-    while not polkit.authority.requests:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(lambda: polkit.authority.requests, 5, "hxd's polkit request")
     hxd.signal(signal.SIGTERM)
     caller.join(10)
     assert outcome["reload"].returncode == 0, outcome["reload"].stderr

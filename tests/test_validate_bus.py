@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from busctl import as_user, manager
+from busctl import hxctl, manager
 from conftest import StartHxd
 from dbus_fast import Message
 from dbus_fast.aio import MessageBus
@@ -34,11 +29,6 @@ def node(tmp_path: Path) -> dict[str, Path]:
     }
     make_node(paths["canonical"], paths["bulk"], paths["legacy"], paths["env_file"], migrated=True)
     return paths
-
-
-def hxctl(*args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-c", "from hxd.cli import main; raise SystemExit(main())", *args]
-    return subprocess.run([*as_user(user), *command], capture_output=True, text=True, timeout=120)
 
 
 def test_clean_node_validates_online_and_offline(bus: PrivateBus, start_hxd: StartHxd, node: dict[str, Path]) -> None:
@@ -161,10 +151,9 @@ def test_server_check_against_the_stub(
 
 
 @pytest.fixture
-def bad_inputs() -> Iterator[dict[str, Path]]:
+def bad_inputs(world_tmp: Path) -> dict[str, Path]:
     """Bad files in a world-traversable directory, so that for nobody only each file's own mode decides."""
-    root = Path(tempfile.mkdtemp(prefix="hxd-bad-inputs-"))
-    root.chmod(0o755)
+    root = world_tmp
     files = {name: root / f"{name}.env" for name in ("binary", "directory", "missing", "loop", "unreadable", "big")}
     files["binary"].write_bytes(b"A=1\x00\xff\xfe binary")
     files["directory"].mkdir()
@@ -176,8 +165,7 @@ def bad_inputs() -> Iterator[dict[str, Path]]:
         big.write("OLLAMA_DEBUG=1\n")
     files["config"] = root / "hxd.toml"
     files["config"].write_text("[telemetry]\nenabled = false\n")
-    yield files
-    shutil.rmtree(root)
+    return files
 
 
 @pytest.mark.parametrize("mode", ["online", "offline"])

@@ -5,22 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pwd
 import shutil
 import stat
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from busctl import as_user
+from conftest import system_account
 
 from hxd.cli import audit as audit_cli
 from hxd.core import audit as audit_module
 from hxd.core.audit import AuditReport, Finding, audit, repair, run_audit
-from hxd.core.config import Config, OllamaConfig, PathsConfig
+from hxd.core.config import Config, OllamaConfig, PathsConfig, dump_config
 from hxd.core.errors import Cancelled
 from hxd.core.jobs import JobControl, JobState
 from hxd.samplestore import make_node
@@ -49,54 +48,39 @@ class Node:
         return self.paths.bulk / "manifests/registry.ollama.ai/library"
 
 
-def _account(name: str) -> tuple[int, int]:
-    """(uid, gid) of ``name``, created as a system account with its own group if absent (as packages do)."""
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        command = ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
-        subprocess.run(command, check=True)
-        entry = pwd.getpwnam(name)
-    return entry.pw_uid, entry.pw_gid
-
-
 @pytest.fixture(scope="module")
 def accounts() -> dict[str, tuple[int, int]]:
     assert os.geteuid() == 0, "the audit tests chown files and create accounts, so they must run as root (CI does)"
-    return {name: _account(name) for name in ("ollama", "hxd", OTHER)}
+    return {name: system_account(name) for name in ("ollama", "hxd", OTHER)}
 
 
 @pytest.fixture
-def node(accounts: dict[str, tuple[int, int]]) -> Iterator[Node]:
+def node(accounts: dict[str, tuple[int, int]], world_tmp: Path) -> Node:
     """A clean node in the canonical layout, under a directory Ollama can reach (tmp_path's parents are 0700)."""
-    base = Path(tempfile.mkdtemp(prefix="hxd-audit-", dir="/tmp"))
-    try:
-        base.chmod(0o755)
-        paths = PathsConfig(
-            canonical=base / "mnt/active_llm_models",
-            bulk=base / "data/bulk",
-            legacy=base / "opt/production",
-            env_file=base / "opt/config/ollama.env",
-            log_dir=base / "var/log/hxd",
-            state_dir=base / "var/lib/hxd",
-        )
-        make_node(paths.canonical, paths.bulk, paths.legacy, paths.env_file, migrated=True)
-        for directory in (paths.log_dir, paths.state_dir):
-            directory.mkdir(parents=True)
-        (paths.state_dir / "last-audit.json").write_text("{}")
-        (base / "outside").mkdir()
-        for path in _tree(base):
-            if not path.is_symlink():
-                path.chmod(0o755 if path.is_dir() else 0o644)
-        uid, gid = accounts["ollama"]
-        for top in (paths.canonical, paths.bulk):
-            for path in _tree(top):
-                os.lchown(path, uid, gid)
-        os.chown(paths.env_file, 0, gid)
-        paths.env_file.chmod(0o640)
-        yield Node(base, Config(paths=paths), accounts["ollama"], accounts[OTHER])
-    finally:
-        shutil.rmtree(base)
+    base = world_tmp
+    paths = PathsConfig(
+        canonical=base / "mnt/active_llm_models",
+        bulk=base / "data/bulk",
+        legacy=base / "opt/production",
+        env_file=base / "opt/config/ollama.env",
+        log_dir=base / "var/log/hxd",
+        state_dir=base / "var/lib/hxd",
+    )
+    make_node(paths.canonical, paths.bulk, paths.legacy, paths.env_file, migrated=True)
+    for directory in (paths.log_dir, paths.state_dir):
+        directory.mkdir(parents=True)
+    (paths.state_dir / "last-audit.json").write_text("{}")
+    (base / "outside").mkdir()
+    for path in _tree(base):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    uid, gid = accounts["ollama"]
+    for top in (paths.canonical, paths.bulk):
+        for path in _tree(top):
+            os.lchown(path, uid, gid)
+    os.chown(paths.env_file, 0, gid)
+    paths.env_file.chmod(0o640)
+    return Node(base, Config(paths=paths), accounts["ollama"], accounts[OTHER])
 
 
 def _tree(top: Path) -> list[Path]:
@@ -350,7 +334,7 @@ def test_hxd_files_owned_by_another_account(node: Node) -> None:
     report = audit(node.config)
     assert codes(report) == [("HX230", str(state))]
     assert report.findings[0].hint == "hxctl audit --fix gives it to hxd:hxd"
-    os.chown(state, *_account("hxd"))
+    os.chown(state, *system_account("hxd"))
     assert codes(audit(node.config)) == []
 
 
@@ -586,7 +570,7 @@ def test_unprivileged_fix_changes_nothing(node: Node) -> None:
         f"sys.exit(audit.run(argparse.Namespace(offline=True, config=Path({str(config)!r}), fix=True, json=True)))"
     )
     result = subprocess.run(
-        ["setpriv", f"--reuid={OTHER}", f"--regid={OTHER}", "--clear-groups", sys.executable, "-c", code],
+        [*as_user(OTHER), sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=30,
@@ -604,15 +588,8 @@ def test_unprivileged_fix_changes_nothing(node: Node) -> None:
 
 
 def _write_config(node: Node, directory: Path) -> Path:
-    paths = node.paths
     config = directory / "hxd.toml"
-    config.write_text(
-        "[paths]\n"
-        + "".join(
-            f'{key} = "{getattr(paths, key)}"\n'
-            for key in ("canonical", "bulk", "legacy", "env_file", "log_dir", "state_dir")
-        )
-    )
+    config.write_text(dump_config(node.config))
     config.chmod(0o644)
     return config
 

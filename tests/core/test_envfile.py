@@ -14,22 +14,20 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
-import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import pytest
+from busctl import as_user
 
 from hxd.core.envfile import (
     READ_LIMIT,
@@ -116,20 +114,11 @@ def only_files(directory: Path, *names: str) -> None:
     assert sorted(p.name for p in directory.iterdir()) == sorted(names)
 
 
-@pytest.fixture
-def world_tmp() -> Iterator[Path]:
-    """A directory that ``nobody`` can enter (pytest's tmp_path sits below a 0700 directory)."""
-    directory = Path(tempfile.mkdtemp(prefix="hxd-envfile-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory)
-
-
 def as_nobody(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run Python code as nobody: the tests run as root, who ignores file permissions."""
     assert os.geteuid() == 0, "these tests drop to nobody with setpriv and chown files, so they must run as root"
     return subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", code, *args],
+        [*as_user("nobody"), sys.executable, "-c", code, *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -6,10 +6,8 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,21 +33,13 @@ from hxd.samplestore import blob_path, sha256_digest
 from hxd.sandbox import free_port
 from hxd.sandbox_systemd import OllamaService
 
-
-@pytest.fixture(scope="module", autouse=True)
-def ollama_account() -> None:
-    """The account the migrated files belong to, created as Ollama's installer does."""
-    if subprocess.run(["getent", "passwd", "ollama"], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "ollama"], check=True)
+pytestmark = pytest.mark.usefixtures("ollama_account")  # the account the migrated files belong to
 
 
 @pytest.fixture
-def tmp_path() -> Iterator[Path]:
+def tmp_path(world_tmp: Path) -> Path:
     """Like pytest's, but under a directory the ollama user can traverse (pytest's root is 0700), as on a node."""
-    root = Path(tempfile.mkdtemp(prefix="hxd-migrate-"))
-    root.chmod(0o755)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+    return world_tmp
 
 
 @pytest.fixture
@@ -62,9 +52,9 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-def run(config: Config, controller: object | None = None, **kwargs: object) -> tuple[dict[str, object], JobControl]:
+def run(config: Config, controller: object | None = None, resume: bool = False) -> tuple[dict[str, object], JobControl]:
     control = JobControl("migrate")
-    result = Migration(config, controller or FakeController(), control).run({}, resume=bool(kwargs.get("resume")))
+    result = Migration(config, controller or FakeController(), control).run({}, resume=resume)
     return result, control
 
 

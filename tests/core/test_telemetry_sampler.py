@@ -252,7 +252,8 @@ def test_the_real_pynvml_without_a_driver_says_the_library_is_missing() -> None:
         with pytest.raises(Unavailable, match="NVML Shared Library Not Found"):
             sampler.sample()
     else:
-        assert all(gpu.uuid for gpu in sampler.sample().gpus)
+        gpus = sampler.sample().gpus
+        assert gpus and all(gpu.uuid for gpu in gpus), gpus
     sampler.close()
 
 

@@ -112,3 +112,69 @@ def test_dump_config_prints_the_effective_config(tmp_path: Path) -> None:
     dumped = tomllib.loads(result.stdout)
     assert dumped["telemetry"]["interval_sec"] == 60
     assert dumped["paths"]["canonical"] == "/mnt/active_llm_models"
+
+
+def test_shipped_audit_modes_are_accepted_and_read_as_ints() -> None:
+    audit = load_config(SHIPPED).audit
+    assert (audit.file_mode, audit.dir_mode, audit.env_file_mode) == (0o644, 0o755, 0o640)
+    assert Config().audit == audit
+    config = parse_config("[audit]\nfile_mode = '600'\ndir_mode = '0711'\nenv_file_mode = '0600'\n", "f")
+    assert (config.audit.file_mode, config.audit.dir_mode, config.audit.env_file_mode) == (0o600, 0o711, 0o600)
+
+
+def test_audit_modes_dump_as_the_octal_strings_of_the_file() -> None:
+    dumped = tomllib.loads(dump_config(parse_config("[audit]\nfile_mode = '0600'\n", "f")))
+    assert (dumped["audit"]["file_mode"], dumped["audit"]["dir_mode"]) == ("0600", "0755")
+    config = parse_config("[audit]\nfile_mode = '0600'\ndir_mode = '0700'\n", "f")
+    assert parse_config(dump_config(config), "dump") == config
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Not a mode at all.
+        ("file_mode = '0x1'", "audit.file_mode: must be an octal mode such as 0644"),
+        ("file_mode = '06444'", "audit.file_mode: must be an octal mode such as 0644"),
+        ("dir_mode = 755", 'audit.dir_mode: must be an octal mode such as 0644 (a string: "0644"), got 755'),
+        # World-writable (HX200), in every key.
+        ("file_mode = '0666'", "audit.file_mode: 0666 lets any local user write (o+w)"),
+        ("dir_mode = '0777'", "audit.dir_mode: 0777 lets any local user write (o+w)"),
+        ("env_file_mode = '0642'", "audit.env_file_mode: 0642 lets any local user write (o+w)"),
+        # Setuid, setgid, sticky (HX201), in every key.
+        ("file_mode = '4644'", "audit.file_mode: 4644 sets setuid, setgid or sticky bits"),
+        ("file_mode = '2644'", "audit.file_mode: 2644 sets setuid, setgid or sticky bits"),
+        ("dir_mode = '2755'", "audit.dir_mode: 2755 sets setuid, setgid or sticky bits"),
+        ("dir_mode = '1777'", "audit.dir_mode: 1777 lets any local user write (o+w)"),
+        ("dir_mode = '1755'", "audit.dir_mode: 1755 sets setuid, setgid or sticky bits"),
+        ("env_file_mode = '4640'", "audit.env_file_mode: 4640 sets setuid, setgid or sticky bits"),
+        # Directories the Ollama user, their owner, cannot enter (HX212).
+        ("dir_mode = '0644'", "audit.dir_mode: 0644 does not let the Ollama user, the owner, enter directories"),
+        ("dir_mode = '0655'", "audit.dir_mode: 0655 does not let the Ollama user, the owner, enter directories"),
+        # A world-readable env file (HX222).
+        ("env_file_mode = '0644'", "audit.env_file_mode: 0644 lets any local user read Ollama's settings (o+r)"),
+        ("env_file_mode = '0604'", "audit.env_file_mode: 0604 lets any local user read Ollama's settings (o+r)"),
+    ],
+)
+def test_audit_modes_the_audit_would_report_are_refused(text: str, message: str) -> None:
+    with pytest.raises(InvalidConfig) as error:
+        parse_config(f"[audit]\n{text}\n", "/etc/hxd/hxd.toml")
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "example"), [("file_mode", '"0644"'), ("dir_mode", '"0755"'), ("env_file_mode", '"0640"')]
+)
+def test_a_refused_audit_mode_says_what_to_use(key: str, example: str) -> None:
+    with pytest.raises(InvalidConfig) as error:
+        parse_config(f"[audit]\n{key} = '0777'\n", "f")
+    assert str(error.value).endswith(f"use a mode such as {example}")
+
+
+def test_both_schedules_are_calendar_specs() -> None:
+    with pytest.raises(InvalidConfig, match=r"audit\.schedule: hour '25' is outside 0\.\.23"):
+        parse_config("[audit]\nschedule = '*-*-* 25:00'\n", "f")
+    with pytest.raises(InvalidConfig, match=r"audit\.schedule: Input should be a valid string"):
+        parse_config("[audit]\nschedule = 3\n", "f")
+    config = parse_config("[smoke]\nschedule = 'Mon 01:00'\n[audit]\nschedule = 'weekly'\n", "f")
+    assert (config.smoke.schedule, config.audit.schedule) == ("Mon 01:00", "weekly")

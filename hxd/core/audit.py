@@ -36,7 +36,6 @@ other names.
 from __future__ import annotations
 
 import errno
-import grp
 import os
 import pwd
 import re
@@ -46,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from hxd.core.accounts import Account, can_enter, ollama_account, owner_name, user_name
 from hxd.core.config import Config
 from hxd.core.jobs import JobControl
 
@@ -146,14 +146,6 @@ class AuditResult:
 
 
 @dataclass(frozen=True)
-class Account:
-    name: str
-    uid: int
-    gid: int
-    groups: frozenset[int]  # every group the account is in, its primary group included
-
-
-@dataclass(frozen=True)
 class _Root:
     key: str  # the paths.* key
     path: Path
@@ -223,55 +215,14 @@ def _roots(config: Config) -> list[_Root]:
     ]
 
 
-def ollama_account(config: Config) -> Account | str:
-    """The Ollama account, or why there is none."""
-    user, group = config.ollama.user, config.ollama.group
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        return f"the Ollama user {user!r} (ollama.user) does not exist"
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        return f"the Ollama group {group!r} (ollama.group) does not exist"
-    return Account(user, entry.pw_uid, gid, frozenset(os.getgrouplist(user, entry.pw_gid)))
-
-
 def hxd_account() -> Account:
     """The account hxd runs as under its unit; the account running this audit where there is none."""
     try:
         entry = pwd.getpwnam(HXD_USER)
     except KeyError:
         uid, gid = os.geteuid(), os.getegid()
-        return Account(_user_name(uid), uid, gid, frozenset([*os.getgroups(), gid]))
+        return Account(user_name(uid), uid, gid, frozenset([*os.getgroups(), gid]))
     return Account(HXD_USER, entry.pw_uid, entry.pw_gid, frozenset(os.getgrouplist(HXD_USER, entry.pw_gid)))
-
-
-def owner_name(uid: int, gid: int) -> str:
-    """``user:group``, each by name where it has one."""
-    try:
-        group = grp.getgrgid(gid).gr_name
-    except KeyError:
-        group = str(gid)
-    return f"{_user_name(uid)}:{group}"
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def can_enter(st: os.stat_result, account: Account) -> bool:
-    """Whether ``account`` may search (traverse) the directory ``st`` describes, by its mode bits."""
-    if account.uid == 0:
-        return True
-    if st.st_uid == account.uid:
-        return bool(st.st_mode & stat.S_IXUSR)
-    if st.st_gid in account.groups:
-        return bool(st.st_mode & stat.S_IXGRP)
-    return bool(st.st_mode & stat.S_IXOTH)
 
 
 def _add(
@@ -569,7 +520,7 @@ class _Audit:
     def _env(self, st: os.stat_result, common: list[_Problem]) -> list[_Problem]:
         account = self.ollama
         mode = stat.S_IMODE(st.st_mode)
-        wanted = int(self.config.audit.env_file_mode, 8)
+        wanted = self.config.audit.env_file_mode
         problems = []
         group_ok = isinstance(account, str) or st.st_gid == account.gid
         if st.st_uid != 0 or not group_ok:
@@ -615,9 +566,9 @@ class _Audit:
         """The configured mode in Ollama's trees; in hxd's own (which hxd keeps private) the bits at fault cleared."""
         audit = self.config.audit
         if kind == "store":
-            return int(audit.dir_mode if stat.S_ISDIR(st.st_mode) else audit.file_mode, 8)
+            return audit.dir_mode if stat.S_ISDIR(st.st_mode) else audit.file_mode
         if kind == "env":
-            return int(audit.env_file_mode, 8)
+            return audit.env_file_mode
         clear = 0
         for p in problems:
             clear |= p.clear

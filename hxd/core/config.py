@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,12 +18,15 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -39,6 +43,26 @@ def _absolute(path: Path) -> Path:
 
 
 AbsPath = Annotated[Path, AfterValidator(_absolute)]
+
+
+def _calendar(value: str) -> str:
+    Calendar.parse(value)  # raises ValueError with the reason
+    return value
+
+
+# A systemd.time(7) calendar spec such as "daily UTC", checked when the config is read.
+CalendarSpec = Annotated[StrictStr, AfterValidator(_calendar)]
+
+
+def _octal(value: object) -> object:
+    if isinstance(value, str) and len(value) in (3, 4) and all(c in "01234567" for c in value):
+        return int(value, 8)
+    raise ValueError(f'must be an octal mode such as 0644 (a string: "0644"), got {value!r}')
+
+
+# A permission mode: an octal string of 3 or 4 digits in the file ("0644"), its int (0o644) in the model, and
+# back to the 4-digit string in dumps, so `hxd dump-config` prints what the file says.
+OctalMode = Annotated[StrictInt, BeforeValidator(_octal), PlainSerializer(lambda mode: f"{mode:04o}", return_type=str)]
 
 
 class _Section(BaseModel):
@@ -104,7 +128,7 @@ class SmokeConfig(_Section):
     """
 
     enabled: StrictBool = True
-    schedule: StrictStr = "*-*-* 00:03:00 UTC"
+    schedule: CalendarSpec = "*-*-* 00:03:00 UTC"
     randomized_delay_sec: StrictInt = Field(default=900, ge=0, le=86400)
     models: list[StrictStr] = []
     prompt: StrictStr = "Reply with one short sentence: what is the capital of France?"
@@ -115,35 +139,48 @@ class SmokeConfig(_Section):
     rotate_size_mb: StrictInt = Field(default=16, ge=1, le=65536)
     keep: StrictInt = Field(default=8, ge=1, le=1000)
 
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, value: str) -> str:
-        Calendar.parse(value)  # raises ValueError with the reason
-        return value
-
 
 class AuditConfig(_Section):
-    """Ownership and permission audit of everything hxd manages, daily and on request."""
+    """Ownership and permission audit of everything hxd manages, daily and on request.
+
+    The modes are what ``hxctl audit --fix`` and migrations set, so a mode the audit itself reports is refused:
+    --fix would set it on every run and the finding would never clear (see ``_mode_problem``).
+    """
 
     enabled: StrictBool = True
-    schedule: StrictStr = "daily UTC"
+    schedule: CalendarSpec = "daily UTC"
     randomized_delay_sec: StrictInt = Field(default=900, ge=0, le=86400)
-    file_mode: StrictStr = "0644"
-    dir_mode: StrictStr = "0755"
-    env_file_mode: StrictStr = "0640"
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, value: str) -> str:
-        Calendar.parse(value)
-        return value
+    file_mode: OctalMode = 0o644
+    dir_mode: OctalMode = 0o755
+    env_file_mode: OctalMode = 0o640
 
     @field_validator("file_mode", "dir_mode", "env_file_mode")
     @classmethod
-    def _mode(cls, value: str) -> str:
-        if not (len(value) in (3, 4) and all(c in "01234567" for c in value)):
-            raise ValueError(f"must be an octal mode such as 0644, got {value!r}")
+    def _mode(cls, value: int, info: ValidationInfo) -> int:
+        key = info.field_name or ""
+        problem = _mode_problem(key, value)
+        if problem:
+            raise ValueError(
+                f"{value:04o} {problem}: --fix would set it and the audit report it again; use a mode "
+                f"such as {_MODE_EXAMPLES[key]}"
+            )
         return value
+
+
+_MODE_EXAMPLES = {"file_mode": '"0644"', "dir_mode": '"0755"', "env_file_mode": '"0640"'}
+
+
+def _mode_problem(key: str, mode: int) -> str:
+    """What hxd.core.audit would find on an entry with this ``audit.<key>`` mode (and the owner --fix gives it)."""
+    if mode & stat.S_IWOTH:
+        return "lets any local user write (o+w), which the audit reports as HX200"
+    if mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX):
+        return "sets setuid, setgid or sticky bits (the audit reports set-id files as HX201)"
+    if key == "dir_mode" and not mode & stat.S_IXUSR:
+        return "does not let the Ollama user, the owner, enter directories (u+x), which the audit reports as HX212"
+    if key == "env_file_mode" and mode & stat.S_IROTH:
+        return "lets any local user read Ollama's settings (o+r), which the audit reports as HX222"
+    return ""
 
 
 class MetricsConfig(_Section):

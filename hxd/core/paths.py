@@ -28,14 +28,19 @@ def managed_paths(config: Config) -> dict[str, Path]:
     }
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` if it exists, else its nearest ancestor that does (where hxd would create it)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def path_state(path: Path) -> str:
     """Starts with ``ok`` when hxd can write ``path`` (or create it); otherwise says why not.
 
     A missing path is checked on its nearest existing ancestor, since that is where hxd would create it.
     """
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(path)
     try:
         read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
     except OSError as exc:

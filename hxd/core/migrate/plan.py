@@ -7,17 +7,17 @@ the start of a run, so nothing the dry run saw can be stale.
 from __future__ import annotations
 
 import errno
-import grp
 import os
-import pwd
 import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hxd.core.accounts import Account, can_enter, ollama_account
 from hxd.core.config import Config
 from hxd.core.envfile import read_envfile
 from hxd.core.errors import Failed, Unreadable
+from hxd.core.paths import nearest_existing
 from hxd.core.store import Store, StoreError
 
 BLOB_NAME = re.compile(r"sha256-[0-9a-f]{64}")
@@ -128,8 +128,8 @@ def make_plan(config: Config, t: Targets, *, resuming: bool = False) -> Plan:
     needed = to_copy + max(int(to_copy * _MARGIN_FRACTION), _MARGIN_MIN) if to_copy else 0
     if needed > free:
         raise Failed(f"refused: {t.bulk} has {_gib(free)} free; copying needs {_gib(needed)} with a safety margin")
-    owner = _owner(config)
-    _refuse_untraversable(owner, [t.bulk, t.canonical])
+    account = _ollama(config)
+    _refuse_untraversable(account, [t.bulk, t.canonical])
     plan = Plan(
         t,
         same_fs,
@@ -141,7 +141,7 @@ def make_plan(config: Config, t: Targets, *, resuming: bool = False) -> Plan:
         sum(blobs.values()),
         to_copy,
         free,
-        owner,
+        (account.name, config.ollama.group, account.uid, account.gid),
     )
     plan.steps = _steps(plan, config.ollama.unit)
     return plan
@@ -242,7 +242,7 @@ def _mount(path: Path) -> tuple[int, int]:
     yet link() between them fails with EXDEV, and hxd's unit makes each of its paths a bind mount
     (``ReadWritePaths=``). The mount's id (``mnt_id`` in /proc/self/fdinfo) tells them apart.
     """
-    fd = os.open(_existing(path), os.O_PATH | os.O_CLOEXEC)
+    fd = os.open(nearest_existing(path), os.O_PATH | os.O_CLOEXEC)
     try:
         fields = dict(line.split(":", 1) for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines())
         return os.fstat(fd).st_dev, int(fields["mnt_id"])
@@ -250,40 +250,29 @@ def _mount(path: Path) -> tuple[int, int]:
         os.close(fd)
 
 
-def _existing(path: Path) -> Path:
-    while not path.exists():
-        path = path.parent
-    return path
-
-
 def _free(path: Path) -> int:
-    st = os.statvfs(_existing(path))
+    st = os.statvfs(nearest_existing(path))
     return st.f_bavail * st.f_frsize
 
 
-def _owner(config: Config) -> tuple[str, str, int, int]:
-    user, group = config.ollama.user, config.ollama.group
-    try:
-        uid = pwd.getpwnam(user).pw_uid
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise Failed(f"refused: the Ollama account {user}:{group} does not exist; set ollama.user/group") from None
-    return user, group, uid, gid
+def _ollama(config: Config) -> Account:
+    account = ollama_account(config)
+    if isinstance(account, str):
+        user, group = config.ollama.user, config.ollama.group
+        raise Failed(f"refused: the Ollama account {user}:{group} does not exist; set ollama.user/group")
+    return account
 
 
-def _refuse_untraversable(owner: tuple[str, str, int, int], paths: list[Path]) -> None:
+def _refuse_untraversable(account: Account, paths: list[Path]) -> None:
     """Every existing ancestor of the new paths must let the Ollama user through, or Ollama cannot open its store."""
-    _, _, uid, gid = owner
-    groups = {gid, *(g.gr_gid for g in grp.getgrall() if owner[0] in g.gr_mem)}
     for path in paths:
         for parent in reversed(path.parents):
             if not parent.exists():
                 break
             st = parent.stat()
-            bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid in groups else stat.S_IXOTH
-            if uid != 0 and not st.st_mode & bit:
+            if not can_enter(st, account):
                 raise Failed(
-                    f"refused: {parent} ({stat.filemode(st.st_mode)}) does not let {owner[0]} through; "
+                    f"refused: {parent} ({stat.filemode(st.st_mode)}) does not let {account.name} through; "
                     f"chmod o+x {parent} or pick another path"
                 )
 

@@ -411,7 +411,7 @@ def _targets(journal: Journal) -> Targets:
 
 def _ownership(config: Config, plan: Plan) -> Ownership:
     _, _, uid, gid = plan.owner
-    return Ownership(uid, gid, int(config.audit.file_mode, 8), int(config.audit.dir_mode, 8))
+    return Ownership(uid, gid, config.audit.file_mode, config.audit.dir_mode)
 
 
 def _store_tags(store: Store) -> dict[str, str]:

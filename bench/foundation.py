@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _timing import run_to_exit
 from dbus_fast import Message
 from dbus_fast.aio import MessageBus
 
@@ -147,15 +148,6 @@ async def library_round_trips(address: str, count: int) -> dict[str, float]:
     return medians
 
 
-def exec_to_exit_of_bare_python(runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.monotonic()
-        subprocess.run([sys.executable, "-c", "pass"], check=True)
-        times.append(time.monotonic() - start)
-    return statistics.median(times)
-
-
 def bare_python_rss_kib() -> int:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
     time.sleep(0.5)
@@ -185,7 +177,7 @@ def main() -> int:
                     ready_times.append(hxd.wait_ready())
                     hxd.stop()
             ready = statistics.median(ready_times)
-            floor = exec_to_exit_of_bare_python(args.starts)
+            floor = run_to_exit([sys.executable, "-c", "pass"], args.starts)
             ok &= ready <= 0.5
             print(
                 f"exec-to-READY=1     median {ready * 1000:7.1f} ms over {args.starts} starts "

@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,10 +22,11 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from _timing import timed
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
@@ -35,14 +35,15 @@ from hxd.core.config import Config, OllamaConfig, PathsConfig, TelemetryConfig, 
 from hxd.core.jobs import JobControl
 from hxd.core.migrate.runner import Migration
 from hxd.samplestore import make_node, make_store, manifest_bytes, manifest_path
-from hxd.sandbox import HxdProcess, NotifySocket, PrivateBus
+from hxd.sandbox import HxdProcess, NotifySocket, PrivateBus, free_port, node_paths
 from hxd.sandbox_systemd import MockSystemd, OllamaService
 
 MiB, GiB = 1 << 20, 1 << 30
 
 
 class Idle:
-    """A service controller for runs without Ollama: hxd sees the unit inactive and compares stores only."""
+    """A service controller for runs without Ollama: hxd sees the unit inactive and compares stores only (the tests'
+    FakeController(active=False), which bench/ cannot import from tests/)."""
 
     def is_active(self, unit: str) -> bool:
         return False
@@ -65,15 +66,9 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 
 
 def config_for(root: Path, bulk: Path, url: str = "http://127.0.0.1:9") -> Config:
+    """The seed's layout under ``root`` (hxd.sandbox.node_paths), with bulk storage at ``bulk``."""
     return Config(
-        paths=PathsConfig(
-            canonical=root / "mnt/active_llm_models",
-            bulk=bulk,
-            legacy=root / "opt/models/production",
-            env_file=root / "opt/config/ollama.env",
-            log_dir=root / "log",
-            state_dir=root / "state",
-        ),
+        paths=PathsConfig(**{**node_paths(root), "bulk": bulk}),
         ollama=OllamaConfig(url=url, user="ollama", group="ollama"),
     )
 
@@ -92,12 +87,6 @@ def reset(config: Config) -> None:
     Migration(config, Idle(), JobControl("rollback")).rollback()
     for path in (config.paths.bulk / "blobs", config.paths.bulk / "manifests", config.paths.state_dir):
         shutil.rmtree(path, ignore_errors=True)
-
-
-def timed(action: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
 
 
 def copy_vs_rsync(root: Path, size: int, rounds: int) -> bool:
@@ -196,12 +185,6 @@ class Poller:
         time.sleep(0.2)
         self._stop.set()
         self._thread.join()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def downtime(root: Path, size: int) -> bool:

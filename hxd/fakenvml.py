@@ -5,9 +5,13 @@ Faked at the pynvml boundary, as gpustat's tests do: the real nvidia-ml-py modul
 with the real functions' parameter names, answered from ``FakeGpu`` records. Behaviour follows NVML as
 shared/reference/gpu-telemetry.md describes it: calls before ``nvmlInit`` raise Uninitialized; memory v1's
 ``used`` includes the reserved memory and v2's does not; utilization is NotSupported with MIG enabled; fan, ECC
-and MIG mode are NotSupported where the board has none; a lost GPU raises GpuIsLost from every call.
+and MIG mode are NotSupported where the board has none; a lost GPU raises GpuIsLost from every call. Arguments are
+the ones §2.1 lists: clock types NVML_CLOCK_GRAPHICS, _SM and _MEM; ECC error types CORRECTED and UNCORRECTED, each
+for the counters NVML_VOLATILE_ECC (since the last driver load) and NVML_AGGREGATE_ECC (the board's lifetime);
+anything else raises InvalidArgument.
 
-The defaults are the H100 row of the reference's nvidia-smi capture (driver 590.48.01).
+The defaults are the H100 row of the reference's nvidia-smi capture (driver 590.48.01), whose
+``clocks.current.graphics`` equals ``clocks.current.sm`` and whose aggregate ECC totals are 0, as the volatile ones.
 """
 
 from __future__ import annotations
@@ -41,9 +45,11 @@ class FakeGpu:
     power_limit_mw: int = 700000
     enforced_power_limit_mw: int = 700000
     clocks_mhz: tuple[int, int] = (1980, 2619)  # SM, memory
+    graphics_clock_mhz: int = 1980  # the same as SM on Hopper (the capture's clocks.current.graphics)
     fan_pct: int | None = None  # H100 and H200 are passively cooled
     clocks_event_reasons: int = 0
-    ecc_volatile: tuple[int, int] | None = (0, 0)  # corrected, uncorrected
+    ecc_volatile: tuple[int, int] | None = (0, 0)  # corrected, uncorrected; None: no ECC, both counters NotSupported
+    ecc_aggregate: tuple[int, int] = (0, 0)  # corrected, uncorrected over the board's life (>= the volatile ones)
     mig: bool | None = False
     errors: dict[str, int] = field(default_factory=dict)  # nvml function name -> NVML error code it raises
     lost: bool = False  # fell off the bus: every call with its handle raises GpuIsLost
@@ -153,7 +159,11 @@ class FakeNvml(ModuleType):
 
     def nvmlDeviceGetClockInfo(self, handle: FakeGpu, type: int) -> int:
         gpu = self._answer(handle, "nvmlDeviceGetClockInfo")
-        clocks = {_real.NVML_CLOCK_SM: gpu.clocks_mhz[0], _real.NVML_CLOCK_MEM: gpu.clocks_mhz[1]}
+        clocks = {
+            _real.NVML_CLOCK_GRAPHICS: gpu.graphics_clock_mhz,
+            _real.NVML_CLOCK_SM: gpu.clocks_mhz[0],
+            _real.NVML_CLOCK_MEM: gpu.clocks_mhz[1],
+        }
         if type not in clocks:
             raise self._error(_real.NVML_ERROR_INVALID_ARGUMENT)
         return clocks[type]
@@ -171,9 +181,11 @@ class FakeNvml(ModuleType):
         gpu = self._answer(handle, "nvmlDeviceGetTotalEccErrors")
         if gpu.ecc_volatile is None:
             raise self._error(_real.NVML_ERROR_NOT_SUPPORTED)
-        if counterType != _real.NVML_VOLATILE_ECC or errorType not in (0, 1):
+        counters = {_real.NVML_VOLATILE_ECC: gpu.ecc_volatile, _real.NVML_AGGREGATE_ECC: gpu.ecc_aggregate}
+        kinds = (_real.NVML_MEMORY_ERROR_TYPE_CORRECTED, _real.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)
+        if counterType not in counters or errorType not in kinds:
             raise self._error(_real.NVML_ERROR_INVALID_ARGUMENT)
-        return gpu.ecc_volatile[errorType]
+        return counters[counterType][errorType]
 
     def nvmlDeviceGetMigMode(self, device: FakeGpu) -> list[int]:
         gpu = self._answer(device, "nvmlDeviceGetMigMode")

@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from hxd.core.modelref import parse_ref
+
 MANIFEST_MEDIA_TYPE: Final = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_MEDIA_TYPE: Final = "application/vnd.docker.container.image.v1+json"
 MEDIA_PREFIX: Final = "application/vnd.ollama.image."
@@ -45,26 +47,9 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def split_name(name: str) -> tuple[str, str, str, str]:
-    """Split a model name into (host, namespace, model, tag), filling in Ollama's defaults.
-
-    The rules are: registry.ollama.ai / library / latest; the tag follows the last ``:`` only if that comes
-    after the last ``/``.
-    """
-    rest, tag = name, "latest"
-    if name.rfind(":") > name.rfind("/"):
-        rest, tag = name.rsplit(":", 1)
-    parts = rest.split("/")
-    if len(parts) == 1:
-        return "registry.ollama.ai", "library", parts[0], tag
-    if len(parts) == 2:
-        return "registry.ollama.ai", parts[0], parts[1], tag
-    return "/".join(parts[:-2]), parts[-2], parts[-1], tag
-
-
 def manifest_path(root: Path, name: str) -> Path:
-    """Where the manifest of ``name`` lives under store ``root``."""
-    return root.joinpath("manifests", *split_name(name))
+    """Where the manifest of ``name`` lives under store ``root``, by Ollama's naming rules (hxd.core.modelref)."""
+    return root / "manifests" / parse_ref(name).manifest_path
 
 
 def blob_path(root: Path, digest: str) -> Path:

@@ -13,7 +13,6 @@ import grp
 import os
 import pwd
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from hxd.bus import names
 from hxd.samplestore import make_node
-from hxd.sandbox import HxdProcess, NotifySocket, PrivateBus, write_config
+from hxd.sandbox import HxdProcess, NotifySocket, PrivateBus, free_port, node_paths, write_config
 from hxd.sandbox_systemd import MockSystemd, OllamaService
 
 BIN = Path(sys.executable).parent
@@ -46,22 +45,15 @@ def busctl(address: str, member: str, *args: str) -> None:
     show(["busctl", f"--address={address}", *call])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hxd-demo-") as tmp:
         root = Path(tmp)
         port = free_port()
         user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
         config = write_config(root, f'[ollama]\nurl = "http://127.0.0.1:{port}"\nuser = "{user}"\ngroup = "{group}"\n')
-        legacy = root / "opt/hx-infrastructure/llm-01/models/production"
-        env_file = root / "opt/hx-infrastructure/llm-01/config/ollama/ollama.env"
-        make_node(root / "mnt/active_llm_models", root / "data/llm_bulk_storage", legacy, env_file, migrated=False)
-        print(f"sandbox node llm-01 (before the alignment) in {root}: the store at {legacy}")
+        paths = node_paths(root)
+        make_node(paths["canonical"], paths["bulk"], paths["legacy"], paths["env_file"], migrated=False)
+        print(f"sandbox node llm-01 (before the alignment) in {root}: the store at {paths['legacy']}")
         # The seed's first-token latencies, scaled down tenfold so the demo stays quick.
         behaviour = {
             "models": {
@@ -71,7 +63,7 @@ def main() -> int:
                 "mistral-small3.2": {"first_token_delay": 0.544},
             }
         }
-        ollama = OllamaService(env_file, root, port, behaviour=behaviour)
+        ollama = OllamaService(paths["env_file"], root, port, behaviour=behaviour)
         ollama.start("ollama.service")
         try:
             with PrivateBus(root) as bus, MockSystemd(bus.address, ollama), NotifySocket(root / "notify") as notify:

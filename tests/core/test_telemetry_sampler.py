@@ -286,3 +286,26 @@ def test_a_cell_that_would_break_the_line_is_quoted() -> None:
     line = smi.csv_row(cells)
     assert next(csv.reader([line], skipinitialspace=True))[3] == 'Odd, "GPU"'
     assert smi.csv_row(dict.fromkeys(smi.NAMES, "[N/A]")) == ", ".join(["[N/A]"] * len(smi.NAMES))
+
+
+def test_the_fake_answers_every_clock_and_ecc_counter_the_reference_lists() -> None:
+    """Reference §2.1: graphics, SM and memory clocks; both ECC error types, volatile and aggregate counters."""
+    gpu = h100(0)
+    gpu.ecc_volatile, gpu.ecc_aggregate = (1, 0), (7, 2)
+    nvml = FakeNvml([gpu])
+    nvml.nvmlInit()
+    handle = nvml.nvmlDeviceGetHandleByIndex(0)
+    clocks = [pynvml.NVML_CLOCK_GRAPHICS, pynvml.NVML_CLOCK_SM, pynvml.NVML_CLOCK_MEM]
+    assert [nvml.nvmlDeviceGetClockInfo(handle, kind) for kind in clocks] == [1980, 1980, 2619]
+    corrected, uncorrected = pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
+    counts = {
+        (counter, kind): nvml.nvmlDeviceGetTotalEccErrors(handle, kind, counter)
+        for counter in (pynvml.NVML_VOLATILE_ECC, pynvml.NVML_AGGREGATE_ECC)
+        for kind in (corrected, uncorrected)
+    }
+    assert list(counts.values()) == [1, 0, 7, 2]
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        nvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_VIDEO)
+    gpu.ecc_volatile = None  # a board without ECC: both counters are NotSupported
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        nvml.nvmlDeviceGetTotalEccErrors(handle, corrected, pynvml.NVML_AGGREGATE_ECC)

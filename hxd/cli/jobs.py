@@ -68,15 +68,17 @@ async def _follow(spec: str, member: str, signature: str, body: list[Any], liste
     signals: asyncio.Queue[Message] = asyncio.Queue()
     bus.add_message_handler(lambda message: signals.put_nowait(message) if _watched(message) else None)
     loop = asyncio.get_running_loop()
+    bus_itself = (names.DBUS_NAME, names.DBUS_PATH, names.DBUS_INTERFACE)
     try:
         for rule in (
             f"type='signal',sender='{names.BUS_NAME}',path_namespace='{names.JOBS_PATH}'",
             f"type='signal',sender='{names.DBUS_NAME}',member='NameOwnerChanged',arg0='{names.BUS_NAME}'",
         ):
-            await _call(bus, spec, names.DBUS_NAME, names.DBUS_PATH, names.DBUS_INTERFACE, "AddMatch", "s", [rule])
-        (path,) = await _call(
-            bus, spec, names.BUS_NAME, names.MANAGER_PATH, names.MANAGER_INTERFACE, member, signature, body
+            checked(await call_method(bus, *bus_itself, "AddMatch", "s", [rule]), spec)
+        reply = await call_method(
+            bus, names.BUS_NAME, names.MANAGER_PATH, names.MANAGER_INTERFACE, member, signature, body
         )
+        (path,) = checked(reply, spec)
         job = _Job(path, listener)
         loop.add_signal_handler(signal.SIGINT, lambda: _cancel(bus, spec, job, loop))
         while not job.finished:
@@ -136,7 +138,7 @@ def _cancel(bus: MessageBus, spec: str, job: _Job, loop: asyncio.AbstractEventLo
 
 async def _ask_cancel(bus: MessageBus, spec: str, path: str) -> None:
     try:
-        await _call(bus, spec, names.BUS_NAME, path, names.JOB_INTERFACE, "Cancel")
+        checked(await call_method(bus, names.BUS_NAME, path, names.JOB_INTERFACE, "Cancel"), spec)
     except (CallFailed, Unreachable) as exc:  # e.g. not authorized: the job runs on and we keep following it
         print(f"hxctl: cannot cancel the job: {exc}", file=sys.stderr, flush=True)
 
@@ -148,16 +150,3 @@ async def _properties(bus: MessageBus, path: str) -> dict[str, Any]:
         return {}
     properties: dict[str, Any] = unwrap(reply.body[0])
     return properties
-
-
-async def _call(
-    bus: MessageBus,
-    spec: str,
-    destination: str,
-    path: str,
-    interface: str,
-    member: str,
-    signature: str = "",
-    body: list[Any] | None = None,
-) -> list[Any]:
-    return checked(await call_method(bus, destination, path, interface, member, signature, body), spec)

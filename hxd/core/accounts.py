@@ -1,10 +1,9 @@
 """The Ollama account and whether it can enter a directory, for the audit and the migration plan alike.
 
 Both ask the same question (can Ollama reach its store?) and must give the same answer: the audit reports a
-directory Ollama cannot enter (HX212), the migration plan refuses to move the store below one. They used to answer
-it each their own way, and disagreed: the plan built the group set from ``grp.getgrall()``, which enumerates every
-group of the system (slow with LDAP or sssd) and missed the user's primary group where it is not
-``ollama.group``. One lookup here, by ``os.getgrouplist``, serves both.
+directory Ollama cannot enter (HX212), the migration plan refuses to move the store below one. The group set comes
+from ``os.getgrouplist`` (the user's own groups, as the kernel gives them to its processes), not by enumerating
+every group of the system, which is slow with LDAP or sssd.
 
 Access is judged from the mode bits only, as the kernel does without POSIX ACLs.
 """

@@ -25,11 +25,13 @@ deps-e2e:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_BUILD_PACKAGES)
 
 # The venv is rebuilt whenever the lock file changes; the project itself is installed
-# editable with --no-deps so that only the hash-checked lock decides what is installed.
+# editable with --no-deps so that only the hash-checked lock decides what is installed. hxd-checkout.pth puts the
+# checkout on the venv's path for the harness (hxsandbox/), which the package does not ship.
 $(BIN)/.installed: requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	echo "$(CURDIR)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/hxd-checkout.pth"
 	touch $@
 
 venv: $(BIN)/.installed
@@ -42,8 +44,8 @@ test: lint
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check hxd tests tools bench tools/gpu-check tools/e2e
-	$(BIN)/ruff format --check hxd tests tools bench tools/gpu-check tools/e2e
+	$(BIN)/ruff check hxd hxsandbox tests tools bench tools/gpu-check tools/e2e
+	$(BIN)/ruff format --check hxd hxsandbox tests tools bench tools/gpu-check tools/e2e
 	$(BIN)/mypy
 	$(BIN)/mypy --strict tools/e2e  # apart: mypy takes each extensionless script for the module __main__
 

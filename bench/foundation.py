@@ -31,7 +31,7 @@ from dbus_fast import Message
 from dbus_fast.aio import MessageBus
 
 from hxd.bus import names
-from hxd.sandbox import HxdProcess, NotifySocket, PrivateBus, write_config
+from hxsandbox.world import HxdProcess, NotifySocket, PrivateBus, write_config
 
 CLK_TCK = 100
 

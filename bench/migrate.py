@@ -34,9 +34,9 @@ from hxd.bus import names
 from hxd.core.config import Config, OllamaConfig, PathsConfig, TelemetryConfig, dump_config
 from hxd.core.jobs import JobControl
 from hxd.core.migrate.runner import Migration
-from hxd.samplestore import make_node, make_store, manifest_bytes, manifest_path
-from hxd.sandbox import HxdProcess, NotifySocket, PrivateBus, free_port, node_paths
-from hxd.sandbox_systemd import MockSystemd, OllamaService
+from hxsandbox.samplestore import make_node, make_store, manifest_bytes, manifest_path
+from hxsandbox.systemd import MockSystemd, OllamaService
+from hxsandbox.world import HxdProcess, NotifySocket, PrivateBus, free_port, node_paths
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -66,7 +66,7 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 
 
 def config_for(root: Path, bulk: Path, url: str = "http://127.0.0.1:9") -> Config:
-    """The seed's layout under ``root`` (hxd.sandbox.node_paths), with bulk storage at ``bulk``."""
+    """The seed's layout under ``root`` (hxsandbox.world.node_paths), with bulk storage at ``bulk``."""
     return Config(
         paths=PathsConfig(**{**node_paths(root), "bulk": bulk}),
         ollama=OllamaConfig(url=url, user="ollama", group="ollama"),

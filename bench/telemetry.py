@@ -1,6 +1,6 @@
 """Telemetry benchmark: hxd's cost of one GPU sample, against spawning nvidia-smi for the same fields.
 
-Run with ``.venv/bin/python bench/telemetry.py``. NVML is hxd's fake (hxd.fakenvml), whose calls return stored
+Run with ``.venv/bin/python bench/telemetry.py``. NVML is hxd's fake (hxsandbox.fakenvml), whose calls return stored
 values, so the figure is hxd's own overhead per GPU: 18 NVML calls through the error mapping, and nvidia-smi's
 formatting (target < 1 ms per GPU); a real NVML adds the driver's time, which nvidia-smi pays as well.
 
@@ -35,8 +35,8 @@ from hxd.core.engine import Engine
 from hxd.core.metrics import render
 from hxd.core.telemetry import Telemetry, smi
 from hxd.core.telemetry.sampler import Sampler
-from hxd.fakenvml import FakeNvml, h100
-from hxd.sandbox import write_config
+from hxsandbox.fakenvml import FakeNvml, h100
+from hxsandbox.world import write_config
 
 TARGET_PER_GPU_SEC = 1e-3
 IMPORT = "import time; t = time.perf_counter(); import pynvml; print(time.perf_counter() - t)"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hxd.sandbox import HxdProcess, NotifySocket, PrivateBus, wait_until, write_config
+from hxsandbox.world import HxdProcess, NotifySocket, PrivateBus, wait_until, write_config
 
 _skipped: list[str] = []
 

@@ -1,7 +1,7 @@
 """What the migration tests share: a node before the migration, fake service controllers, the invariant.
 
 The fakes stand in for systemd only (the true edge here): ``FakeController`` records what was asked;
-hxd.sandbox_systemd.OllamaService runs the Ollama stub as "ollama.service".
+hxsandbox.systemd.OllamaService runs the Ollama stub as "ollama.service".
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hxd.core.config import Config, OllamaConfig, PathsConfig
-from hxd.samplestore import make_node
-from hxd.sandbox import node_paths
+from hxsandbox.samplestore import make_node
+from hxsandbox.world import node_paths
 
 
 @dataclass

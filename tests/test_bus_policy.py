@@ -19,7 +19,7 @@ from busctl import as_user, busctl, call_manager, dbus_send, hxctl, manager
 from conftest import StartHxd, system_account, world_traversable_dir
 
 from hxd.bus import names
-from hxd.sandbox import PrivateBus
+from hxsandbox.world import PrivateBus
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM_CONF = Path("/usr/share/dbus-1/system.conf")

@@ -18,7 +18,7 @@ from dbus_fast.aio import MessageBus
 
 from hxd import __version__
 from hxd.bus import names
-from hxd.sandbox import PrivateBus, wait_until
+from hxsandbox.world import PrivateBus, wait_until
 
 
 def test_status_over_busctl(bus: PrivateBus, start_hxd: StartHxd) -> None:

@@ -11,7 +11,7 @@ from hxd.bus.auth import Authority
 from hxd.bus.connection import connect
 from hxd.bus.methods import HxdInterface, method
 from hxd.core.errors import Busy, NotFound
-from hxd.sandbox import PrivateBus
+from hxsandbox.world import PrivateBus
 
 
 class Faulty(HxdInterface):

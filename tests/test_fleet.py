@@ -17,7 +17,7 @@ from conftest import wait_listening, world_traversable_dir
 from migrate_support import node_config
 
 from hxd.core.config import dump_config
-from hxd.sandbox import free_port
+from hxsandbox.world import free_port
 
 HXCTL = str(Path(sys.executable).with_name("hxctl"))
 
@@ -86,7 +86,7 @@ def nodes(sshd: tuple[Path, int], world_tmp: Path) -> tuple[Path, dict[str, Path
         configs[name] = base / name / "hxd.toml"
         configs[name].write_text(dump_config(config.model_copy(update={"node": name})))
         code = (
-            f"from hxd.samplestore import make_node; from pathlib import Path as P; "
+            f"from hxsandbox.samplestore import make_node; from pathlib import Path as P; "
             f"make_node(P('{p.canonical}'), P('{p.bulk}'), P('{p.legacy}'), P('{p.env_file}'), migrated=True)"
         )
         subprocess.run(in_node(base, name, sys.executable, "-c", code), check=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from busctl import hxctl, status
 from conftest import StartHxd
 
-from hxd.sandbox import PrivateBus, write_config
+from hxsandbox.world import PrivateBus, write_config
 
 
 def test_status_json_agrees_with_busctl(bus: PrivateBus, start_hxd: StartHxd) -> None:

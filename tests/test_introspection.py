@@ -10,7 +10,7 @@ from busctl import busctl, call_manager
 from conftest import StartHxd
 
 from hxd.bus import names
-from hxd.sandbox import PrivateBus
+from hxsandbox.world import PrivateBus
 
 SHIPPED = Path(__file__).resolve().parents[1] / "dbus/org.hxinfra.hxd1.xml"
 

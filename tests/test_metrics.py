@@ -18,8 +18,8 @@ from conftest import StartHxd, wait_listening
 from prometheus_client.parser import text_string_to_metric_families
 
 from hxd.bus import names
-from hxd.samplestore import make_node
-from hxd.sandbox import NotifySocket, OllamaStub, PrivateBus, free_port, wait_until, write_config
+from hxsandbox.samplestore import make_node
+from hxsandbox.world import NotifySocket, OllamaStub, PrivateBus, free_port, wait_until, write_config
 
 
 def scrape(url: str, timeout: float = 15.0) -> tuple[str, str]:

@@ -1,6 +1,6 @@
 """Migration through hxd on the bus: jobs with progress, Finished, Busy, resume after an interruption, refusals.
 
-systemd is the stand-in of hxd.sandbox_systemd on the private bus, starting and stopping the Ollama stub as
+systemd is the stand-in of hxsandbox.systemd on the private bus, starting and stopping the Ollama stub as
 ollama.service; the end-to-end suite runs the same calls against the real systemd.
 """
 
@@ -24,8 +24,8 @@ from hxd.bus import names
 from hxd.core.config import Config
 from hxd.core.jobs import JobControl, JobState
 from hxd.core.migrate.runner import Migration
-from hxd.sandbox import HxdProcess, PrivateBus, free_port, wait_until
-from hxd.sandbox_systemd import MockSystemd, OllamaService
+from hxsandbox.systemd import MockSystemd, OllamaService
+from hxsandbox.world import HxdProcess, PrivateBus, free_port, wait_until
 
 pytestmark = pytest.mark.usefixtures("ollama_account")
 

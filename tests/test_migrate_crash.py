@@ -22,7 +22,7 @@ from hxd.core.envfile import read_envfile
 from hxd.core.jobs import JobControl
 from hxd.core.migrate import journal as journals
 from hxd.core.migrate.runner import Migration
-from hxd.samplestore import make_store
+from hxsandbox.samplestore import make_store
 
 CHILD = Path(__file__).with_name("migrate_crash_child.py")
 KILLS = 52

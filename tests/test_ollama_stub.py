@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from hxd.samplestore import blob_path, make_store, manifest_path, write_blob
-from hxd.sandbox import OllamaStub, wait_until
+from hxsandbox.samplestore import blob_path, make_store, manifest_path, write_blob
+from hxsandbox.world import OllamaStub, wait_until
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
 BUSY = "server busy, please try again.  maximum pending requests exceeded"

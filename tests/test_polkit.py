@@ -10,10 +10,10 @@ import threading
 import pytest
 from busctl import busctl, dbus_send, manager
 from conftest import StartHxd
-from polkit_mock import MockPolkit
 
 from hxd.bus import names
-from hxd.sandbox import PrivateBus, wait_until
+from hxsandbox.polkit import MockPolkit
+from hxsandbox.world import PrivateBus, wait_until
 
 
 @pytest.fixture

@@ -29,8 +29,8 @@ from hxd.core.jobs import JobControl, JobState
 from hxd.core.modelref import parse_ref
 from hxd.core.ollama_api import generate
 from hxd.core.smoke import measure_concurrency, perf_dir, run_smoke
-from hxd.samplestore import SAMPLE_MODELS, make_store, sample_env
-from hxd.sandbox import HxdProcess, OllamaStub, PrivateBus, wait_until, write_config
+from hxsandbox.samplestore import SAMPLE_MODELS, make_store, sample_env
+from hxsandbox.world import HxdProcess, OllamaStub, PrivateBus, wait_until, write_config
 
 NIGHT = datetime(2026, 11, 28, 0, 11, 42, tzinfo=UTC)
 PINNED = "mistral-small3.2:latest"

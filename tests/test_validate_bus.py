@@ -13,8 +13,8 @@ from dbus_fast import Message
 from dbus_fast.aio import MessageBus
 
 from hxd.bus import names
-from hxd.samplestore import make_node, make_store
-from hxd.sandbox import HxdProcess, OllamaStub, PrivateBus
+from hxsandbox.samplestore import make_node, make_store
+from hxsandbox.world import HxdProcess, OllamaStub, PrivateBus
 
 
 @pytest.fixture

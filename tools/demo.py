@@ -19,9 +19,9 @@ import tempfile
 from pathlib import Path
 
 from hxd.bus import names
-from hxd.samplestore import make_node
-from hxd.sandbox import HxdProcess, NotifySocket, PrivateBus, free_port, node_paths, write_config
-from hxd.sandbox_systemd import MockSystemd, OllamaService
+from hxsandbox.samplestore import make_node
+from hxsandbox.systemd import MockSystemd, OllamaService
+from hxsandbox.world import HxdProcess, NotifySocket, PrivateBus, free_port, node_paths, write_config
 
 BIN = Path(sys.executable).parent
 

@@ -22,7 +22,7 @@ from hxd.core.audit import AuditReport, Finding, audit, repair, run_audit
 from hxd.core.config import Config, OllamaConfig, PathsConfig, dump_config
 from hxd.core.errors import Cancelled
 from hxd.core.jobs import JobControl, JobState
-from hxd.samplestore import make_node
+from hxsandbox.samplestore import make_node
 
 BLOB = "sha256-" + "ab" * 32
 OTHER = "hxaudit"  # an account that should own nothing hxd manages

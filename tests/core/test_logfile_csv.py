@@ -17,7 +17,7 @@ import structlog
 from hxd.core.config import TelemetryConfig
 from hxd.core.logfile import AppendLog
 from hxd.core.telemetry import Telemetry, smi
-from hxd.fakenvml import FakeNvml, h100
+from hxsandbox.fakenvml import FakeNvml, h100
 
 T0 = datetime(2026, 7, 14, 8, 0, tzinfo=UTC)
 HEADER = "time, value"

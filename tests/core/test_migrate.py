@@ -29,9 +29,9 @@ from hxd.core.migrate import journal as journals
 from hxd.core.migrate.plan import make_plan, targets
 from hxd.core.migrate.runner import Migration, interrupted
 from hxd.core.validate import Options, validate
-from hxd.samplestore import blob_path, sha256_digest
-from hxd.sandbox import free_port
-from hxd.sandbox_systemd import OllamaService
+from hxsandbox.samplestore import blob_path, sha256_digest
+from hxsandbox.systemd import OllamaService
+from hxsandbox.world import free_port
 
 pytestmark = pytest.mark.usefixtures("ollama_account")  # the account the migrated files belong to
 

@@ -11,7 +11,7 @@ import pytest
 from hxd.core.config import Config
 from hxd.core.errors import Failed
 from hxd.core.smoke import ConcurrencyResult, ModelResult, SmokeRun, configured_models, last_smoke, perf_dir
-from hxd.samplestore import sample_env
+from hxsandbox.samplestore import sample_env
 
 NIGHT = datetime(2026, 11, 28, 0, 11, 42, tzinfo=UTC)
 

@@ -23,7 +23,7 @@ from hxd.core import engine
 from hxd.core.config import TelemetryConfig
 from hxd.core.telemetry import MAX_BACKOFF_SEC, Telemetry, rows, smi
 from hxd.core.telemetry.sampler import Unavailable
-from hxd.fakenvml import MIB, FakeGpu, FakeNvml, h100
+from hxsandbox.fakenvml import MIB, FakeGpu, FakeNvml, h100
 
 pynvml = importlib.import_module("pynvml")
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"

@@ -15,7 +15,7 @@ import pytest
 from hxd.core.errors import Failed
 from hxd.core.telemetry import smi
 from hxd.core.telemetry.sampler import LostGpu, Sampler, Unavailable
-from hxd.fakenvml import MIB, FakeGpu, FakeNvml, h100
+from hxsandbox.fakenvml import MIB, FakeGpu, FakeNvml, h100
 
 pynvml = importlib.import_module("pynvml")
 

@@ -9,7 +9,7 @@ import pytest
 from hxd.core.config import Config, PathsConfig
 from hxd.core.envfile import parse_envfile
 from hxd.core.validate import Finding, Options, Report, validate
-from hxd.samplestore import blob_path, make_node, manifest_path, sample_env, sha256_digest
+from hxsandbox.samplestore import blob_path, make_node, manifest_path, sample_env, sha256_digest
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 NVML (nvidia-ml-py, imported as ``pynvml``) rather than a spawned nvidia-smi: NVIDIA documents the bindings as
 the stable interface and nvidia-smi's output as not, and a sample costs microseconds instead of a process.
 ``pynvml`` is imported on the first sample, not at hxd's start (it is a 6000-line module and most hxd processes,
-hxctl among them, never sample), and is a parameter so tests and benchmarks pass a fake (hxd.fakenvml).
+hxctl among them, never sample), and is a parameter so tests and benchmarks pass a fake (hxsandbox.fakenvml).
 
 Errors follow shared/reference/gpu-telemetry.md §2.2: a field NVML does not support is nvidia-smi's ``[N/A]``
 (other per-field errors get nvidia-smi's other tokens); a GPU that is lost is skipped for the sample and listed in

@@ -1,7 +1,7 @@
 """A mock polkit authority on the private bus, as udisks' and python-dbusmock's tests use.
 
 It answers ``CheckAuthorization`` from a list of allowed actions, records every request (subject, action, flags),
-and can delay its answer so tests can hold a call in flight. It runs in a thread (hxd.sandbox.BusService) so a test
+and can delay its answer so tests can hold a call in flight. It runs in a thread (hxsandbox.world.BusService) so a test
 can drive hxd from the outside with blocking tools (busctl, signals).
 """
 
@@ -14,7 +14,7 @@ from dbus_fast import Variant
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface, dbus_method
 
-from hxd.sandbox import BusService
+from hxsandbox.world import BusService
 
 Subject = Annotated[tuple[str, dict[str, Variant]], DBusSignature("(sa{sv})")]
 Details = Annotated[dict[str, str], DBusSignature("a{ss}")]

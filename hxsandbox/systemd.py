@@ -17,7 +17,7 @@ from dbus_fast.annotations import DBusObjectPath, DBusSignature, DBusStr
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from hxd.core.envfile import read_envfile
-from hxd.sandbox import BusService, OllamaStub
+from hxsandbox.world import BusService, OllamaStub
 
 JobRemovedSignal = Annotated[tuple[int, str, str, str], DBusSignature("uoss")]
 UNIT_PATH = "/org/freedesktop/systemd1/unit/ollama_2eservice"

@@ -34,6 +34,7 @@ from hxd.bus import names
 from hxd.core.config import Config, OllamaConfig, PathsConfig, TelemetryConfig, dump_config
 from hxd.core.jobs import JobControl
 from hxd.core.migrate.runner import Migration
+from hxsandbox.migrate import roll_back, run_migration
 from hxsandbox.samplestore import make_node, make_store, manifest_bytes, manifest_path
 from hxsandbox.systemd import MockSystemd, OllamaService
 from hxsandbox.world import HxdProcess, NotifySocket, PrivateBus, free_port, node_paths
@@ -84,7 +85,7 @@ def synthetic_store(config: Config, total: int, blob_size: int) -> None:
 
 def reset(config: Config) -> None:
     """Undo a migration (rollback) and drop what it copied, for the next round."""
-    Migration(config, Idle(), JobControl("rollback")).rollback()
+    roll_back(Migration(config, Idle(), JobControl("rollback")))
     for path in (config.paths.bulk / "blobs", config.paths.bulk / "manifests", config.paths.state_dir):
         shutil.rmtree(path, ignore_errors=True)
 
@@ -107,7 +108,7 @@ def copy_vs_rsync(root: Path, size: int, rounds: int) -> bool:
 
         ours, theirs = [], []
         for _ in range(rounds):
-            ours.append(timed(lambda: Migration(config, Idle(), JobControl("migrate")).run({}, resume=False)))
+            ours.append(timed(lambda: run_migration(Migration(config, Idle(), JobControl("migrate")))))
             reset(config)
             theirs.append(timed(rsync_and_check))
             shutil.rmtree(target)
@@ -145,7 +146,7 @@ def same_filesystem(root: Path, size: int) -> bool:
     target = manifest_path(p.legacy, "sparse:20g")
     target.parent.mkdir(parents=True)
     target.write_bytes(document)
-    took = timed(lambda: Migration(config, Idle(), JobControl("migrate")).run({}, resume=False))
+    took = timed(lambda: run_migration(Migration(config, Idle(), JobControl("migrate"))))
     moved = root / "samefs/moved"
     mv = timed(lambda: subprocess.run(["mv", str(p.bulk), str(moved)], check=True))
     print(
@@ -199,7 +200,7 @@ def downtime(root: Path, size: int) -> bool:
                 service.stop("ollama.service")
                 service.start("ollama.service")
             with Poller(service.url) as migration:
-                Migration(config, service, JobControl("migrate")).run({}, resume=False)
+                run_migration(Migration(config, service, JobControl("migrate")))
         finally:
             service.stop("ollama.service")
     extra = migration.longest - restart.longest

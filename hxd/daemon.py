@@ -16,10 +16,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import sdnotify
 import structlog
@@ -30,12 +28,12 @@ from hxd import log as hxd_log
 from hxd.bus import names
 from hxd.bus.auth import Authority
 from hxd.bus.connection import BUS_HELP, HxdBus, bus_spec, call_method, connect, describe
-from hxd.bus.jobs import JobManager
+from hxd.bus.jobs import JobExporter
 from hxd.bus.manager import Manager
 from hxd.bus.systemd import SystemdController
 from hxd.core.config import DEFAULT_CONFIG_PATH, dump_config, load_config
 from hxd.core.engine import Engine, Timer, stamp_path
-from hxd.core.errors import HxdError, InvalidConfig
+from hxd.core.errors import Busy, HxdError, InvalidConfig
 from hxd.core.jobs import JobSummary
 from hxd.core.metrics import render
 from hxd.core.schedule import Calendar, Interval, write_stamp
@@ -98,9 +96,9 @@ class Daemon:
             metrics_socket = self._metrics_socket()
             bus = await self._connect()
             authority = Authority(bus)
-            jobs = JobManager(bus, authority, lambda: self._jobs_changed(jobs))
-            controller = SystemdController(bus, asyncio.get_running_loop())
-            manager = Manager(self.engine, authority, jobs, controller)
+            jobs = JobExporter(bus, authority, self.engine.runner, lambda: self._jobs_changed(jobs))
+            self.engine.controller = SystemdController(bus, asyncio.get_running_loop())
+            manager = Manager(self.engine, authority, jobs)
             self.manager = manager
             bus.export(names.MANAGER_PATH, manager)
             # Everything serves before the name is owned: a bus-activated start answers the call that woke it.
@@ -182,7 +180,7 @@ class Daemon:
         self.engine.set_state("stopping")
         self.notify("STOPPING=1")
         log.info("stopping", inflight=manager.inflight, jobs=len(manager.jobs.running()))
-        await manager.jobs.shutdown(_JOB_STOP_TIMEOUT_SEC)
+        await self._stop_jobs(manager.jobs)
         await bus.release_name(names.BUS_NAME)
         try:
             async with asyncio.timeout(_DRAIN_TIMEOUT_SEC):
@@ -199,7 +197,16 @@ class Daemon:
         log.info("stopped")
         return 0
 
-    def _jobs_changed(self, jobs: JobManager) -> None:
+    async def _stop_jobs(self, jobs: JobExporter) -> None:
+        """Cancel what runs and wait for the work to stop (a migration past its point of no return finishes or
+        rolls back first, which is why this can take a while)."""
+        self.engine.runner.cancel_all()
+        running = [job.ended.wait() for job in jobs.running()]
+        if running:
+            await asyncio.wait([asyncio.ensure_future(wait) for wait in running], timeout=_JOB_STOP_TIMEOUT_SEC)
+        jobs.close()
+
+    def _jobs_changed(self, jobs: JobExporter) -> None:
         self.engine.set_jobs({path: JobSummary.of(job.state) for path, job in jobs.jobs.items()})
 
     def _reload(self) -> None:
@@ -229,19 +236,24 @@ class Daemon:
             log.warning("cannot read the smoke history", error=str(exc))
 
     async def _fire(self, name: str) -> None:
-        """What each timer does. Work runs as jobs in worker threads; a busy node skips a run rather than queue it."""
-        manager = self.manager
+        """What each timer does: the core's jobs, in worker threads; a busy node (a job of hxd's, or of an offline
+        hxctl) skips a run rather than queue it."""
         if name == "telemetry":
             telemetry = self.engine.telemetry
             if telemetry.due(time.monotonic()):  # False while NVML is backing off, or a sample still runs
                 await in_daemon_thread(telemetry.sample, "hxd-nvml")
                 self.engine.record_telemetry()
-        elif running := manager.jobs.running():
-            log.info("scheduled run skipped: a job is running", timer=name, jobs=len(running))
-        elif name == "audit":
-            await _guarded(name, manager.audit(fix=False))
-        else:
-            await _guarded(name, manager.jobs.outcome(manager.start_smoke(None)))
+            return
+        start = (lambda: self.engine.audit(fix=False)) if name == "audit" else (lambda: self.engine.smoke(None))
+        try:
+            job = await asyncio.to_thread(start)
+        except Busy as exc:
+            log.info("scheduled run skipped: the node is busy", timer=name, reason=str(exc))
+            return
+        except HxdError as exc:
+            log.warning("scheduled run failed", timer=name, error=str(exc))
+            return
+        await self.manager.jobs.outcome(job)
 
     async def _watchdog(self) -> None:
         """Ping systemd from the event loop itself, so a blocked loop stops the pings and gets hxd restarted."""
@@ -285,15 +297,6 @@ class Daemon:
             if isinstance(timer.schedule, Interval):
                 # Skip runs missed while the loop was busy instead of firing them in a burst.
                 runs = max(runs + 1, math.floor((loop.time() - start) / timer.schedule.seconds) + 1)
-
-
-async def _guarded(name: str, action: Coroutine[Any, Any, object]) -> None:
-    """A timer's work: its failure is logged (the job that failed stays readable on the bus), never the end of the
-    timer."""
-    try:
-        await action
-    except HxdError as exc:
-        log.warning("scheduled run failed", timer=name, error=str(exc))
 
 
 def _socket_name(sock: socket.socket | None) -> str:

@@ -18,8 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from migrate_support import make_legacy_node, node_config
 
-from hxsandbox.world import HxdProcess, NotifySocket, PrivateBus, wait_until, write_config
+from hxd import log as hxd_log
+from hxd.core.config import Config
+from hxsandbox.systemd import MockSystemd, OllamaService
+from hxsandbox.world import HxdProcess, NotifySocket, PrivateBus, free_port, wait_until, write_config
 
 _skipped: list[str] = []
 
@@ -34,6 +38,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("CI") == "true" and _skipped:
         print(f"\nCI=true: {len(_skipped)} test(s) skipped, which fails the run: {', '.join(_skipped)}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_core_logs() -> None:
+    """The core logs through structlog, whose loggers keep the configuration of their first use: configure it as
+    hxctl does (warnings, to stderr) before any test uses the core in this process, so tests that read hxctl's
+    stdout in-process see only hxctl's output."""
+    hxd_log.configure("console", "warning")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -147,3 +159,31 @@ def wait_listening(port: int, timeout: float = 10.0, process: subprocess.Popen[b
         return True
 
     wait_until(accepts, timeout, f"a listener on 127.0.0.1:{port}")
+
+
+@pytest.fixture
+def node(world_tmp: Path, ollama_account: tuple[int, int]) -> Config:
+    """A legacy node (the store at the legacy path, not yet migrated) under a directory the ollama user can
+    traverse."""
+    config = node_config(world_tmp, url=f"http://127.0.0.1:{free_port()}")
+    make_legacy_node(config)
+    return config
+
+
+@pytest.fixture
+def ollama(bus: PrivateBus, node: Config) -> Iterator[OllamaService]:
+    """The Ollama stub as ollama.service of the node, behind the systemd stand-in on the session bus."""
+    service = OllamaService(node.paths.env_file, node.paths.state_dir.parent, int(node.ollama.url.rsplit(":", 1)[1]))
+    service.workdir.mkdir(parents=True, exist_ok=True)
+    service.start("ollama.service")
+    with MockSystemd(bus.address, service):
+        yield service
+    service.stop("ollama.service")
+
+
+def start_on_node(start_hxd: StartHxd, node: Config, extra_config: str = "") -> HxdProcess:
+    """hxd on the node's paths and Ollama, telemetry off."""
+    paths = {
+        key: getattr(node.paths, key) for key in ("canonical", "bulk", "legacy", "env_file", "log_dir", "state_dir")
+    }
+    return start_hxd(f'[ollama]\nurl = "{node.ollama.url}"\n[telemetry]\nenabled = false\n{extra_config}', paths=paths)

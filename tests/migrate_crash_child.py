@@ -10,12 +10,13 @@ from migrate_support import FakeController
 from hxd.core.config import load_config
 from hxd.core.jobs import JobControl
 from hxd.core.migrate.runner import Migration
+from hxsandbox.migrate import run_migration
 
 
 def main() -> None:
     config = load_config(Path(sys.argv[1]))
     print("ready", flush=True)
-    Migration(config, FakeController(), JobControl("migrate")).run({}, resume=False)
+    run_migration(Migration(config, FakeController(), JobControl("migrate")))
     print("done", flush=True)
 
 

@@ -115,13 +115,13 @@ def test_unprivileged_user_reads_status_but_cannot_reload_or_validate(
 def test_job_objects_are_reachable_and_cancel_is_hxds_to_refuse(system_bus: PrivateBus, start_hxd: StartHxd) -> None:
     """The bus lets anyone reach a Job; hxd itself decides who may cancel it (what starting it needed)."""
     start_hxd(address=system_bus.address)
-    [job] = call_manager(system_bus.address, "Rollback", "a{sv}", "0")  # nothing to roll back: it fails at once
+    [job] = call_manager(system_bus.address, "RunSmoke", "a{sv}", "0")  # no Ollama here: it fails soon
     cancel = ["call", names.BUS_NAME, job, names.JOB_INTERFACE, "Cancel"]
     refused = busctl(system_bus.address, *cancel, user="nobody", check=False)
-    assert "org.hxinfra.hxd1.migrate: polkit is not running and only root may do this" in refused.stderr
+    assert "org.hxinfra.hxd1.smoke: polkit is not running and only root may do this" in refused.stderr
     assert busctl(system_bus.address, *cancel).returncode == 0  # root; the job has ended, so there is nothing to do
     kind = busctl(system_bus.address, "get-property", names.BUS_NAME, job, names.JOB_INTERFACE, "Kind", user="nobody")
-    assert kind.stdout.strip() == 's "rollback"'
+    assert kind.stdout.strip() == 's "smoke"'
 
 
 def test_other_interfaces_are_denied_to_unprivileged_users(system_bus: PrivateBus, start_hxd: StartHxd) -> None:

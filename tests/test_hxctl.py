@@ -55,7 +55,10 @@ def test_offline_with_a_broken_config_is_a_usage_error(tmp_path: Path) -> None:
     config.write_text("[paths]\nnope = 1\n")
     result = hxctl("--offline", "--config", str(config), "status")
     assert result.returncode == 2
-    assert result.stderr == f"hxctl: {config}: paths.nope: unknown key; see `hxd dump-config` for the valid keys\n"
+    assert (
+        result.stderr
+        == f"hxctl: {config}: paths.nope: unknown key; see `hxd dump-config` for the valid keys [InvalidConfig]\n"
+    )
 
 
 def test_help_documents_exit_codes() -> None:

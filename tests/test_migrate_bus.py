@@ -9,50 +9,25 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator
-from pathlib import Path
+import re
 from typing import Any
 
 import pytest
 from busctl import call_manager, hxctl
-from conftest import StartHxd
+from conftest import StartHxd, start_on_node
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
-from migrate_support import make_legacy_node, node_config, readable_models
+from migrate_support import readable_models
 
 from hxd.bus import names
 from hxd.core.config import Config
 from hxd.core.jobs import JobControl, JobState
 from hxd.core.migrate.runner import Migration
-from hxsandbox.systemd import MockSystemd, OllamaService
-from hxsandbox.world import HxdProcess, PrivateBus, free_port, wait_until
+from hxsandbox.migrate import run_migration
+from hxsandbox.systemd import OllamaService
+from hxsandbox.world import PrivateBus, wait_until
 
 pytestmark = pytest.mark.usefixtures("ollama_account")
-
-
-@pytest.fixture
-def node(world_tmp: Path) -> Config:
-    """A legacy node under a directory the ollama user can traverse."""
-    config = node_config(world_tmp, url=f"http://127.0.0.1:{free_port()}")
-    make_legacy_node(config)
-    return config
-
-
-@pytest.fixture
-def ollama(bus: PrivateBus, node: Config) -> Iterator[OllamaService]:
-    service = OllamaService(node.paths.env_file, node.paths.state_dir.parent, int(node.ollama.url.rsplit(":", 1)[1]))
-    service.workdir.mkdir(parents=True, exist_ok=True)
-    service.start("ollama.service")
-    with MockSystemd(bus.address, service):
-        yield service
-    service.stop("ollama.service")
-
-
-def start(start_hxd: StartHxd, node: Config) -> HxdProcess:
-    paths = {
-        key: getattr(node.paths, key) for key in ("canonical", "bulk", "legacy", "env_file", "log_dir", "state_dir")
-    }
-    return start_hxd(f'[ollama]\nurl = "{node.ollama.url}"\n[telemetry]\nenabled = false\n', paths=paths)
 
 
 def follow(address: str, member: str, options: dict[str, Any]) -> tuple[str, JobState, list[str], list[Any]]:
@@ -118,7 +93,7 @@ def follow(address: str, member: str, options: dict[str, Any]) -> tuple[str, Job
 
 
 def test_migrate_over_the_bus(bus: PrivateBus, start_hxd: StartHxd, node: Config, ollama: OllamaService) -> None:
-    start(start_hxd, node)
+    start_on_node(start_hxd, node)
     before = readable_models(node.paths.legacy)
     plan = {k: v["data"] for k, v in call_manager(bus.address, "PlanMigration", "a{sv}", "0")[0].items()}
     assert plan["source"] == str(node.paths.legacy) and plan["same_filesystem"] is True
@@ -139,11 +114,16 @@ def test_migrate_over_the_bus(bus: PrivateBus, start_hxd: StartHxd, node: Config
 def test_a_second_mutating_job_is_busy(
     bus: PrivateBus, start_hxd: StartHxd, node: Config, ollama: OllamaService
 ) -> None:
-    start(start_hxd, node)
+    hxd = start_on_node(start_hxd, node)
     ollama.stop_delay = 1.5
     first = call_manager(bus.address, "Migrate", "a{sv}", "0")[0]
     busy = call_manager(bus.address, "Rollback", "a{sv}", "0", check=False)
-    assert busy.stderr.strip() == f"Call failed: migrate job {first} is running; wait for it or cancel it"
+    number = first.rsplit("/", 1)[1]
+    assert re.fullmatch(
+        rf"Call failed: the node is busy: migrate job {number} of hxd \(pid {hxd.pid}\) has been running since "
+        rf"\S+Z; wait for it \(hxctl jobs\) or cancel it \(hxctl cancel {number}\)",
+        busy.stderr.strip(),
+    ), busy.stderr
 
     def ended() -> bool:
         return not call_manager(bus.address, "Status")[0]["jobs"]["data"][first].startswith("migrate running")
@@ -163,26 +143,28 @@ def test_an_interrupted_migration_is_reported_and_resumed(
     control = JobControl("migrate", cancel_in_copy)
     holder.append(control)
     with pytest.raises(Exception, match="cancelled"):
-        Migration(node, ollama, control).run({}, resume=False)
-    start(start_hxd, node)
+        run_migration(Migration(node, ollama, control))
+    start_on_node(start_hxd, node)
     feature = call_manager(bus.address, "Status")[0]["features"]["data"]["migrate"]
     assert feature.startswith("migration ") and "interrupted (copying): run `hxctl migrate --resume`" in feature
-    _, _, _, finished = follow(bus.address, "Migrate", {})
-    assert finished[0] == "failed" and "was interrupted (copying)" in finished[1]
+    refused = hxctl("--bus", bus.address, "migrate")  # before any job exists: Error.Refused, exit 5
+    assert refused.returncode == 5 and refused.stderr.strip().endswith(
+        "was interrupted (copying): run hxctl migrate --resume, or hxctl rollback [Refused]"
+    ), refused
     _, _, _, finished = follow(bus.address, "Migrate", {"resume": Variant("b", True)})
     assert finished[0] == "completed" and finished[1].startswith("committed")
     assert call_manager(bus.address, "Status")[0]["features"]["data"]["migrate"] == "ready"
 
 
 def test_plan_refusals_reach_the_caller(bus: PrivateBus, start_hxd: StartHxd, node: Config) -> None:
-    start(start_hxd, node)
+    start_on_node(start_hxd, node)
     refused = call_manager(bus.address, "PlanMigration", "a{sv}", "1", "source", "s", "/nonexistent/store", check=False)
-    assert refused.stderr.strip() == "Call failed: refused: the source path /nonexistent/store does not exist"
+    assert refused.stderr.strip() == "Call failed: the source path /nonexistent/store does not exist"
     assert not os.path.lexists(node.paths.canonical)
 
 
 def test_hxctl_migrate_and_rollback(bus: PrivateBus, start_hxd: StartHxd, node: Config, ollama: OllamaService) -> None:
-    start(start_hxd, node)
+    start_on_node(start_hxd, node)
     plan = hxctl("--bus", bus.address, "migrate", "--dry-run")
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.startswith("plan (nothing was changed)\n") and "same_filesystem" in plan.stdout

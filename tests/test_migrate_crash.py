@@ -22,6 +22,7 @@ from hxd.core.envfile import read_envfile
 from hxd.core.jobs import JobControl
 from hxd.core.migrate import journal as journals
 from hxd.core.migrate.runner import Migration
+from hxsandbox.migrate import roll_back, run_migration
 from hxsandbox.samplestore import make_store
 
 CHILD = Path(__file__).with_name("migrate_crash_child.py")
@@ -86,13 +87,13 @@ def test_kill_9_at_random_points_then_resume_or_rollback(workdir: Path) -> None:
             continue
         if recoveries["resume"] <= recoveries["rollback"]:  # alternate, so that both ways out are exercised
             recoveries["resume"] += 1
-            Migration(config, FakeController(), JobControl("migrate")).run({}, resume=True)
+            run_migration(Migration(config, FakeController(), JobControl("migrate")), resume=True)
             assert readable_models(config.paths.canonical) == original
             assert read_envfile(config.paths.env_file).environment["OLLAMA_MODELS"] == str(config.paths.canonical)
             assert journals.load(config.paths.state_dir).state == "committed"  # type: ignore[union-attr]
         else:
             recoveries["rollback"] += 1
-            Migration(config, FakeController(), JobControl("rollback")).rollback()
+            roll_back(Migration(config, FakeController(), JobControl("rollback")))
             assert config.paths.env_file.read_bytes() == env_before
             assert not config.paths.legacy.is_symlink() and snapshot(config.paths.legacy) == store_before
             assert not os.path.lexists(config.paths.canonical / "blobs")

@@ -1,9 +1,11 @@
-"""Jobs on the bus: one object per long operation at ``/org/hxinfra/hxd1/jobs/N`` (UDisks2's jobs, rauc's Completed).
+"""Jobs on the bus: each job of the core's runner as an object at ``/org/hxinfra/hxd1/jobs/N`` (UDisks2's jobs,
+rauc's Completed).
 
-A job's state lives in properties announced with PropertiesChanged; it ends with ``Finished(state, message)`` and
-stays readable for a while so a client that missed the signal can still read ``Result``. Clients subscribe
-(``path_namespace='/org/hxinfra/hxd1/jobs'``) before calling the method that starts a job, so no update is lost.
-Mutating jobs (migrate, rollback, prune, audit fixes) run one at a time; a second gets ``Error.Busy``.
+The core (hxd.core.runner) decides what runs and holds the node's lock; this module only shows its jobs. A job's
+state lives in properties announced with PropertiesChanged; it ends with ``Finished(state, message)`` and stays
+readable for a while so a client that missed the signal can still read ``Result``. Clients subscribe
+(``path_namespace='/org/hxinfra/hxd1/jobs'``) before calling the method that starts a job; the object is exported
+before the job's work starts, so no update is lost.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from dbus_fast.service import dbus_property, dbus_signal
 from hxd.bus import names
 from hxd.bus.auth import Authority
 from hxd.bus.methods import HxdInterface, method
-from hxd.core.errors import Busy, Cancelled, Failed, HxdError
-from hxd.core.jobs import JobControl, JobState
+from hxd.core.errors import Failed
+from hxd.core.jobs import JobState, RunState
+from hxd.core.runner import Job as CoreJob
+from hxd.core.runner import JobRunner
 
 log = structlog.get_logger("hxd.jobs")
 
@@ -41,7 +45,6 @@ _PROPERTY = {
     "cancellable": "Cancellable",
 }
 
-Work = Callable[[JobControl], dict[str, Any]]
 FinishedSignal = Annotated[tuple[str, str], DBusSignature("ss")]
 
 
@@ -62,18 +65,31 @@ def to_variants(result: dict[str, Any]) -> dict[str, Variant]:
     return variants
 
 
+def action_of(job: CoreJob) -> str:
+    """The polkit action that starting ``job`` needed, and so cancelling it needs."""
+    if job.kind == "smoke":
+        return names.ACTION_SMOKE
+    if job.kind == "audit":
+        return names.ACTION_AUDIT_FIX if job.exclusive else names.ACTION_AUDIT
+    return names.ACTION_MIGRATE
+
+
+def job_path(job: CoreJob) -> str:
+    return f"{names.JOBS_PATH}/{job.number}"
+
+
 class Job(HxdInterface):
     """``org.hxinfra.hxd1.Job``: a running or finished operation."""
 
-    def __init__(self, control: JobControl, authority: Authority, action: str, exclusive: bool) -> None:
+    def __init__(self, job: CoreJob, authority: Authority) -> None:
         super().__init__(names.JOB_INTERFACE, authority)
-        self.control = control
-        self.default_action = action  # cancelling needs what starting needed
-        self.exclusive = exclusive
+        self.job = job
+        self.default_action = action_of(job)  # cancelling needs what starting needed
+        self.ended = asyncio.Event()
 
     @property
     def state(self) -> JobState:
-        return self.control.state
+        return self.job.state
 
     def snapshot(self, fields: frozenset[str]) -> dict[str, Any]:
         """The properties behind the JobState fields that changed, read now: called in the worker thread, so a
@@ -86,12 +102,12 @@ class Job(HxdInterface):
     @method()
     def Cancel(self) -> None:
         """Ask the job to stop at its next safe point; refused once Cancellable is false."""
-        if self.state.state == "running" and not self.control.cancel():
+        if self.state.state == RunState.RUNNING and not self.job.control.cancel():
             raise Failed(f"the {self.state.kind} is past the point where it can stop; it will finish, or undo itself")
 
     @dbus_property(access=PropertyAccess.READ)
     def Cancellable(self) -> DBusBool:
-        return self.state.cancellable and self.state.state == "running"
+        return self.state.cancellable and self.state.state == RunState.RUNNING
 
     @dbus_signal()
     def Finished(self, state: DBusStr, message: DBusStr) -> FinishedSignal:
@@ -138,98 +154,56 @@ class Job(HxdInterface):
         return to_variants(self.state.result)
 
 
-class JobManager:
-    """Starts jobs in worker threads, exports them, enforces one mutating job at a time, cleans up."""
+class JobExporter:
+    """Exports the runner's jobs (a JobObserver): each as a Job object from its start until RETENTION_SEC after its
+    end. All calls but ``job_changed`` arrive on the event loop (the runner's dispatch)."""
 
-    def __init__(self, bus: MessageBus, authority: Authority, on_change: Callable[[], None]) -> None:
+    def __init__(self, bus: MessageBus, authority: Authority, runner: JobRunner, on_change: Callable[[], None]) -> None:
         self._bus = bus
         self._authority = authority
+        self._loop = asyncio.get_running_loop()
         self._on_change = on_change
-        self._next = 1
-        self.jobs: dict[str, Job] = {}
-        self._work: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._ended: dict[str, asyncio.Event] = {}
+        self.jobs: dict[str, Job] = {}  # by path: running ones and those ended within RETENTION_SEC
         self._tasks: set[asyncio.Task[None]] = set()
+        runner.dispatch = self._loop.call_soon_threadsafe
+        runner.observers.append(self)
 
-    def start(self, kind: str, action: str, work: Work, *, exclusive: bool = True) -> str:
-        """Export a job running ``work`` in a thread and return its path. An ``exclusive`` job (one that changes
-        files or stops Ollama) runs alone; others run beside each other but not beside an exclusive one, and one of
-        each kind at a time."""
-        for path, other in self.jobs.items():
-            if other.state.state == "running" and (exclusive or other.exclusive or other.state.kind == kind):
-                raise Busy(f"{other.state.kind} job {path} is running; wait for it or cancel it")
-        loop = asyncio.get_running_loop()
-        path = f"{names.JOBS_PATH}/{self._next}"
-        self._next += 1
-        holder: list[Job] = []
+    def job_started(self, job: CoreJob) -> None:
+        path = job_path(job)
+        exported = Job(job, self._authority)
+        self._bus.export(path, exported)
+        self.jobs[path] = exported
+        self._on_change()
 
-        def from_worker(_state: JobState, fields: frozenset[str]) -> None:
-            loop.call_soon_threadsafe(holder[0].emit_properties_changed, holder[0].snapshot(fields))
+    def job_changed(self, job: CoreJob, fields: frozenset[str]) -> None:
+        exported = self.jobs[job_path(job)]
+        self._loop.call_soon_threadsafe(exported.emit_properties_changed, exported.snapshot(fields))
 
-        control = JobControl(kind, from_worker)
-        job = Job(control, self._authority, action, exclusive)
-        holder.append(job)
-        self._bus.export(path, job)
-        self.jobs[path] = job
-        self._work[path] = asyncio.ensure_future(asyncio.to_thread(work, control))
-        self._ended[path] = asyncio.Event()
-        task = asyncio.create_task(self._finish(path, job))
+    def job_ended(self, job: CoreJob) -> None:
+        path = job_path(job)
+        exported = self.jobs[path]
+        exported.ended.set()
+        task = asyncio.create_task(self._retire(path, exported))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._on_change()
-        log.info("job started", job=path, kind=kind)
-        return path
 
-    async def _finish(self, path: str, job: Job) -> None:
-        control = job.control
-        try:
-            result = await self._work[path]
-            state, message = "completed", str(result.get("message", "done"))
-        except Cancelled as exc:
-            result, state, message = {}, "cancelled", str(exc)
-        except HxdError as exc:
-            result, state, message = {}, "failed", " ".join(str(exc).split())
-        except Exception:
-            log.exception("job crashed", job=path, kind=control.state.kind)
-            result, state, message = {}, "failed", f"{control.state.kind} failed inside hxd; see `journalctl -u hxd`"
-        del self._work[path]
-        control.finish(state, message, result)
-        self._ended.pop(path).set()
-        await asyncio.sleep(0)  # the last PropertiesChanged (queued by finish) goes out before Finished
-        job.Finished(state, message)
-        log.info("job finished", job=path, kind=control.state.kind, state=state, message=message)
-        self._on_change()
+    async def _retire(self, path: str, exported: Job) -> None:
+        await asyncio.sleep(0)  # the last PropertiesChanged (queued by the worker) goes out before Finished
+        exported.Finished(exported.state.state, exported.state.message)
         await asyncio.sleep(RETENTION_SEC)
-        self._bus.unexport(path, job)
+        self._bus.unexport(path, exported)
         del self.jobs[path]
         self._on_change()
 
-    def after(self, path: str, callback: Callable[[JobState], object]) -> None:
-        """Call ``callback`` on the event loop once the job at ``path`` has ended (a recorder of its outcome)."""
-
-        async def wait() -> None:
-            callback(await self.outcome(path))
-
-        task = asyncio.create_task(wait())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def outcome(self, path: str) -> JobState:
-        """Wait for the job at ``path`` to end; for methods that answer with a job's result (Audit)."""
-        ended = self._ended.get(path)
-        if ended is not None:
-            await ended.wait()
-        return self.jobs[path].state
+    async def outcome(self, job: CoreJob) -> CoreJob:
+        """Wait for ``job`` to end; for methods that answer with a job's result (Audit)."""
+        await self.jobs[job_path(job)].ended.wait()
+        return job
 
     def running(self) -> list[Job]:
-        return [job for job in self.jobs.values() if job.state.state == "running"]
+        return [job for job in self.jobs.values() if job.state.state == RunState.RUNNING]
 
-    async def shutdown(self, timeout: float) -> None:
-        """Cancel what runs and wait for the work to stop (a migration past its point of no return finishes or
-        rolls back first, which is why this can take a while)."""
-        for job in self.running():
-            job.control.cancel()
-        if self._work:
-            await asyncio.wait(list(self._work.values()), timeout=timeout)
+    def close(self) -> None:
         for task in self._tasks:
             task.cancel()

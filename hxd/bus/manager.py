@@ -5,10 +5,8 @@ properties, and a change to any of them is sent as PropertiesChanged so clients 
 """
 
 import asyncio
-import json
 import os
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from dbus_fast import PropertyAccess, Variant
 from dbus_fast.annotations import DBusDict, DBusObjectPath, DBusSignature, DBusStr, DBusUnixFd
@@ -17,20 +15,19 @@ from dbus_fast.service import dbus_property
 from hxd.bus import names
 from hxd.bus.auth import Authority
 from hxd.bus.connection import current_message
-from hxd.bus.jobs import JobManager, to_variants
+from hxd.bus.jobs import JobExporter, job_path, to_variants
 from hxd.bus.methods import HxdInterface, method, parse_options
 from hxd.core.audit import AuditResult
 from hxd.core.engine import Engine
-from hxd.core.errors import Cancelled, Failed, InvalidArgs, InvalidConfig
-from hxd.core.jobs import JobControl
-from hxd.core.migrate.runner import Migration
-from hxd.core.modelref import BadReference, ModelRef, parse_ref
+from hxd.core.errors import InvalidArgs, InvalidConfig
+from hxd.core.modelref import BadReference, parse_ref
+from hxd.core.runner import Job
 from hxd.core.schedule import iso
-from hxd.core.service import ServiceController
-from hxd.core.smoke import SmokeRun
 from hxd.core.telemetry import rows
 from hxd.core.threads import in_daemon_thread
 from hxd.core.validate import Options, Report
+
+T = TypeVar("T")
 
 StrMap = Annotated[dict[str, str], DBusSignature("a{ss}")]
 # (file, loads, findings); a finding is (code, severity, line, key, message, hint).
@@ -76,11 +73,10 @@ class Manager(HxdInterface):
 
     default_action = names.ACTION_RELOAD
 
-    def __init__(self, engine: Engine, authority: Authority, jobs: JobManager, controller: ServiceController) -> None:
+    def __init__(self, engine: Engine, authority: Authority, jobs: JobExporter) -> None:
         super().__init__(names.MANAGER_INTERFACE, authority)
         self.engine = engine
         self.jobs = jobs
-        self.controller = controller
         # Status() is the hot path: its variants are built once per change of the facts, not once per call.
         self._status_cache: dict[str, Variant] | None = None
         engine.observers.append(self._facts_changed)
@@ -161,29 +157,30 @@ class Manager(HxdInterface):
 
     @method(action=names.ACTION_MIGRATE)
     async def PlanMigration(self, options: DBusDict) -> DBusDict:
-        """What Migrate would do, and every reason it would refuse (Failed, "refused: ..."); writes nothing."""
+        """What Migrate would do, and every reason it would refuse (Error.Refused); writes nothing."""
         overrides = parse_options(options, MIGRATE_PATHS)
-        plan = await asyncio.to_thread(self._migration(JobControl("plan")).plan, overrides)
+        plan = await asyncio.to_thread(self.engine.plan_migration, overrides)
         return to_variants(plan.summary())
 
     @method(action=names.ACTION_MIGRATE)
     async def Migrate(self, options: DBusDict) -> DBusObjectPath:
-        """Start the migration (or, with resume b, finish an interrupted one) as a job; returns its path."""
+        """Start the migration (or, with resume b, finish an interrupted one) as a job; returns its path. A
+        refusal (the plan's, or an interrupted migration) is Error.Refused, before any job exists."""
         values = parse_options(options, {**MIGRATE_PATHS, "resume": "b"})
         resume = bool(values.pop("resume", False))
-        return self._migration_job("migrate", lambda m: m.run(values, resume=resume))
+        return job_path(await asyncio.to_thread(self.engine.migrate, values, resume=resume))
 
     @method(action=names.ACTION_MIGRATE)
     async def Rollback(self, options: DBusDict) -> DBusObjectPath:
         """Undo the last migration (interrupted or committed, until its source is pruned) as a job."""
         parse_options(options, {})
-        return self._migration_job("rollback", lambda m: m.rollback())
+        return job_path(await asyncio.to_thread(self.engine.rollback))
 
     @method(action=names.ACTION_MIGRATE)
     async def PruneSource(self, options: DBusDict) -> DBusObjectPath:
         """After a committed migration, delete the old store it kept as a backup, as a job. No rollback after."""
         parse_options(options, {})
-        return self._migration_job("prune", lambda m: m.prune_source())
+        return job_path(await asyncio.to_thread(self.engine.prune))
 
     @method(action=names.ACTION_AUDIT)
     async def Audit(self, options: DBusDict) -> AuditReply:
@@ -192,24 +189,10 @@ class Manager(HxdInterface):
         fix = bool(parse_options(options, {"fix": "b"}).get("fix", False))
         if fix:
             await self.authority.check(current_message.get(), names.ACTION_AUDIT_FIX)
-        result = await self.audit(fix)
+        job = await self.jobs.outcome(await asyncio.to_thread(self.engine.audit, fix))
+        result = job_value(job, AuditResult)
         findings = [(f.code, str(f.severity), f.path, f.message, f.hint) for f in result.report.findings]
         return findings, [(c.path, c.what, c.before, c.after) for c in result.changes]
-
-    async def audit(self, fix: bool) -> AuditResult:
-        """Run an audit job to its end and record it; the daily timer calls this too."""
-        results: list[AuditResult] = []
-
-        def work(control: JobControl) -> dict[str, Any]:
-            results.append(self.engine.audit(fix, control))
-            return {"message": "audit finished", **results[0].summary()}
-
-        action = names.ACTION_AUDIT_FIX if fix else names.ACTION_AUDIT
-        state = await self.jobs.outcome(self.jobs.start("audit", action, work, exclusive=fix))
-        if not results:
-            raise (Cancelled if state.state == "cancelled" else Failed)(state.message)
-        self.engine.record_audit(results[0])
-        return results[0]
 
     @method(public=True)
     async def SampleTelemetry(self) -> Rows:
@@ -228,28 +211,7 @@ class Manager(HxdInterface):
             models = [parse_ref(n) for n in parse_options(options, {"models": "as"}).get("models", [])]
         except BadReference as exc:
             raise InvalidArgs(f"option models: {exc}") from None
-        return self.start_smoke(models or None)
-
-    def start_smoke(self, models: list[ModelRef] | None) -> str:
-        """Start a smoke job (the nightly timer calls this too) and record its run when it ends."""
-        runs: list[SmokeRun] = []
-
-        def work(control: JobControl) -> dict[str, Any]:
-            runs.append(self.engine.smoke(models, control))
-            return {"message": runs[0].describe(), "runs": json.dumps(runs[0].to_json())}
-
-        path = self.jobs.start("smoke", names.ACTION_SMOKE, work, exclusive=False)
-        self.jobs.after(path, lambda _state: self.engine.record_smoke(runs[0]) if runs else None)
-        return path
-
-    def _migration(self, control: JobControl) -> Migration:
-        return Migration(self.engine.config, self.controller, control)
-
-    def _migration_job(self, kind: str, work: Callable[[Migration], dict[str, Any]]) -> str:
-        """Start a job on the migration; when it ends, the migrate feature's state is read again from its journal."""
-        path = self.jobs.start(kind, names.ACTION_MIGRATE, lambda control: work(self._migration(control)))
-        self.jobs.after(path, lambda _state: self.engine.refresh_migration())
-        return path
+        return job_path(await asyncio.to_thread(self.engine.smoke, models or None))
 
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> DBusStr:
@@ -303,3 +265,12 @@ class Manager(HxdInterface):
     @dbus_property(access=PropertyAccess.READ)
     def LastSmoke(self) -> DBusDict:
         return to_variants(self.engine.last_smoke)
+
+
+def job_value(job: Job, kind: type[T]) -> T:
+    """The typed value a completed job returned; the job's own error (Cancelled, Failed, ...) when it did not
+    complete, so the caller gets the same error name it would have got from the work itself."""
+    if job.error is not None:
+        raise job.error
+    assert job.outcome is not None and isinstance(job.outcome.value, kind)
+    return job.outcome.value

@@ -9,7 +9,18 @@ from typing import Any
 
 from dbus_fast import Variant
 
-from hxd.cli.common import EXIT_FAILED, EXIT_OK, call_hxd, counted, offline_engine, plural, print_findings, totals
+from hxd.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    call_hxd,
+    counted,
+    offline_engine,
+    plural,
+    print_findings,
+    run_offline,
+    totals,
+)
+from hxd.core.audit import AuditResult
 
 FINDING_KEYS = ("code", "severity", "path", "message", "hint")
 CHANGE_KEYS = ("path", "what", "before", "after")
@@ -40,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _offline(args: argparse.Namespace) -> dict[str, Any]:
-    result = offline_engine(args).audit(args.fix)
+    engine = offline_engine(args)
+    result = run_offline(engine, lambda: engine.audit(args.fix)).value
+    assert isinstance(result, AuditResult)
     findings = [asdict(f) for f in result.report.findings]
     changes = [{key: getattr(change, key) for key in CHANGE_KEYS} for change in result.changes]
     return _summary(findings, changes)

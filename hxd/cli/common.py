@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,19 +14,24 @@ from hxd.bus.connection import bus_spec
 from hxd.cli.client import call
 from hxd.core.config import DEFAULT_CONFIG_PATH, load_config
 from hxd.core.engine import Engine
+from hxd.core.jobs import Listener
+from hxd.core.runner import Job, Outcome
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_NOT_AUTHORIZED = 4
+EXIT_REFUSED = 5
 
 EXIT_CODES = f"""exit status:
   {EXIT_OK}  success (validate: no errors; warnings allowed)
   {EXIT_FAILED}  the operation failed or found problems (validate: errors found)
   {EXIT_USAGE}  bad command line or unusable input (a file that cannot be read, an invalid config)
   {EXIT_UNREACHABLE}  hxd cannot be reached (no bus, or hxd is not running); try --offline
-  {EXIT_NOT_AUTHORIZED}  not authorized (polkit said no; run as root or ask an administrator)"""
+  {EXIT_NOT_AUTHORIZED}  not authorized (polkit said no; run as root or ask an administrator)
+  {EXIT_REFUSED}  refused: hxd looked and will not do it as things are; nothing was changed (the message says
+     what to change first)"""
 
 # hxd error (short D-Bus name or core class name) -> exit code; anything else is EXIT_FAILED.
 ERROR_EXIT = {
@@ -33,6 +39,7 @@ ERROR_EXIT = {
     "InvalidArgs": EXIT_USAGE,
     "InvalidConfig": EXIT_USAGE,
     "Unreadable": EXIT_USAGE,
+    "Refused": EXIT_REFUSED,
 }
 
 
@@ -48,12 +55,48 @@ def call_hxd(
 
 
 def offline_engine(args: argparse.Namespace) -> Engine:
-    """hxd's engine in this process (``--offline``), on ``--config``, ``$HXD_CONFIG`` or the default config file."""
+    """hxd's engine in this process (``--offline``), on ``--config``, ``$HXD_CONFIG`` or the default config file.
+    Its jobs take the same node lock as hxd's, so the two never run one at once."""
     named = args.config or (Path(os.environ["HXD_CONFIG"]) if os.environ.get("HXD_CONFIG") else None)
     path: Path = (named or DEFAULT_CONFIG_PATH).absolute()
-    engine = Engine(path, load_config(path, must_exist=named is not None))
+    engine = Engine(path, load_config(path, must_exist=named is not None), program="hxctl --offline")
     engine.state = "offline"
     return engine
+
+
+class _Progress:
+    """A JobObserver that hands a job's progress to a listener (hxctl's progress lines)."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+
+    def job_started(self, job: Job) -> None:
+        pass
+
+    def job_changed(self, job: Job, fields: frozenset[str]) -> None:
+        self.listener(job.state, fields)
+
+    def job_ended(self, job: Job) -> None:
+        pass
+
+
+def run_offline(engine: Engine, start: Callable[[], Job], listener: Listener | None = None) -> Outcome:
+    """Run one of the engine's jobs in this process to its end and return its outcome, or raise its error.
+    Ctrl-C asks the job to stop at its next safe point, as Cancel does on the bus."""
+    if listener is not None:
+        engine.runner.observers.append(_Progress(listener))
+    job = start()
+    while True:
+        try:
+            job.ended.wait()
+            break
+        except KeyboardInterrupt:
+            if not job.control.cancel():
+                print("hxctl: the job is past the point where it can stop; it will finish", file=sys.stderr)
+    if job.error is not None:
+        raise job.error
+    assert job.outcome is not None
+    return job.outcome
 
 
 def counted(findings: list[dict[str, Any]]) -> dict[str, Any]:

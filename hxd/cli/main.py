@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hxctl: {exc} [{exc.short_name}]", file=sys.stderr)
         return ERROR_EXIT.get(exc.short_name, EXIT_FAILED)
     except HxdError as exc:
-        print(f"hxctl: {exc}", file=sys.stderr)
+        print(f"hxctl: {exc} [{kind(exc)}]", file=sys.stderr)
         return ERROR_EXIT.get(kind(exc), EXIT_FAILED)
     except KeyboardInterrupt:
         return 130

@@ -10,16 +10,17 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dbus_fast import Variant
 
-from hxd.cli.common import EXIT_OK, call_hxd, offline_engine
+from hxd.cli.common import EXIT_OK, call_hxd, offline_engine, run_offline
 from hxd.cli.jobs import follow_job, print_progress
-from hxd.core.jobs import JobControl, JobState, Listener
-from hxd.core.migrate.runner import Migration
-from hxd.core.systemctl import SystemctlController
+from hxd.core.engine import Engine
+from hxd.core.jobs import JobState
+from hxd.core.runner import Job
 
 _PATHS = ("source", "canonical", "bulk", "legacy", "env_file")
 
@@ -62,22 +63,24 @@ def add_parsers(commands: Any) -> None:
 def run_migrate(args: argparse.Namespace) -> int:
     overrides = {name: str(Path(value).absolute()) for name in _PATHS if (value := getattr(args, name))}
     if args.dry_run:
-        result = _offline(args).plan(overrides).summary() if args.offline else _plan_online(args, overrides)
+        result = (
+            offline_engine(args).plan_migration(overrides).summary() if args.offline else _plan_online(args, overrides)
+        )
         _print(result, args.json, title="plan (nothing was changed)")
         return EXIT_OK
     if args.prune_source:
-        result = _job(args, "PruneSource", {}, lambda m: m.prune_source())
+        result = _job(args, "PruneSource", {}, lambda engine: engine.prune())
     else:
         options: dict[str, Variant] = {k: Variant("s", v) for k, v in overrides.items()}
         if args.resume:
             options["resume"] = Variant("b", True)
-        result = _job(args, "Migrate", options, lambda m: m.run(overrides, resume=args.resume))
+        result = _job(args, "Migrate", options, lambda engine: engine.migrate(overrides, resume=args.resume))
     _print(result, args.json)
     return EXIT_OK
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    _print(_job(args, "Rollback", {}, lambda m: m.rollback()), args.json)
+    _print(_job(args, "Rollback", {}, lambda engine: engine.rollback()), args.json)
     return EXIT_OK
 
 
@@ -91,15 +94,13 @@ def _decoded(result: dict[str, Any]) -> dict[str, Any]:
     return {k: json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v for k, v in result.items()}
 
 
-def _offline(args: argparse.Namespace, listener: Listener | None = None) -> Migration:
-    engine = offline_engine(args)
-    return Migration(engine.config, SystemctlController(), JobControl("migrate", listener))
-
-
-def _job(args: argparse.Namespace, member: str, options: dict[str, Variant], offline: Any) -> dict[str, Any]:
+def _job(
+    args: argparse.Namespace, member: str, options: dict[str, Variant], offline: Callable[[Engine], Job]
+) -> dict[str, Any]:
     listener = ProgressBar() if sys.stderr.isatty() else print_progress
     if args.offline:
-        result: dict[str, Any] = offline(_offline(args, listener))
+        engine = offline_engine(args)
+        result = run_offline(engine, lambda: offline(engine), listener).result
     else:
         result = _decoded(follow_job(args.bus, member, "a{sv}", [options], listener))
     if isinstance(listener, ProgressBar):

@@ -8,11 +8,11 @@ from typing import Any
 
 from dbus_fast import Variant
 
-from hxd.cli.common import EXIT_FAILED, EXIT_OK, offline_engine
+from hxd.cli.common import EXIT_FAILED, EXIT_OK, offline_engine, run_offline
 from hxd.cli.jobs import follow_job, print_progress
 from hxd.core.errors import InvalidArgs
-from hxd.core.jobs import JobControl
 from hxd.core.modelref import BadReference, ModelRef, parse_ref
+from hxd.core.smoke import SmokeRun
 
 
 def add_parser(commands: Any) -> None:
@@ -54,7 +54,10 @@ def _parse(name: str) -> ModelRef:
 
 
 def _offline(args: argparse.Namespace, refs: list[ModelRef]) -> dict[str, Any]:
-    return offline_engine(args).smoke(refs or None, JobControl("smoke", print_progress)).to_json()
+    engine = offline_engine(args)
+    run = run_offline(engine, lambda: engine.smoke(refs or None), print_progress).value
+    assert isinstance(run, SmokeRun)
+    return run.to_json()
 
 
 def _online(args: argparse.Namespace) -> dict[str, Any]:

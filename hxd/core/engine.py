@@ -6,6 +6,7 @@ directly. Observers (the bus adapter's PropertiesChanged) are told which facts c
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -22,11 +23,15 @@ from hxd.core.config import Config, load_config
 from hxd.core.envfile import read_envfile, read_envfile_fd
 from hxd.core.errors import InvalidConfig
 from hxd.core.jobs import JobControl, JobSummary
-from hxd.core.migrate.runner import interrupted
+from hxd.core.migrate.plan import Plan
+from hxd.core.migrate.runner import Migration, interrupted
 from hxd.core.modelref import ModelRef
 from hxd.core.paths import check_paths
+from hxd.core.runner import Job, JobRunner, Outcome
 from hxd.core.schedule import Calendar, Interval, iso, next_run, read_stamp
+from hxd.core.service import ServiceController
 from hxd.core.smoke import SmokeRun, run_smoke
+from hxd.core.systemctl import SystemctlController
 from hxd.core.telemetry import Telemetry, csv_path
 from hxd.core.validate import Options, Report, validate
 
@@ -48,6 +53,8 @@ FACTS = (
 STATES = ("starting", "running", "degraded", "stopping", "offline")
 
 Observer = Callable[[frozenset[str]], None]
+# A prepared migration step: run it and get its Result.
+MigrationWork = Callable[[], dict[str, Any]]
 
 
 @dataclass
@@ -116,8 +123,13 @@ class Engine:
     last_validation: dict[str, int | str] = field(default_factory=dict)  # time, file, errors, warnings
     last_smoke: dict[str, Any] = field(default_factory=dict)  # SmokeRun.summary() of the last run
     observers: list[Observer] = field(default_factory=list)
+    # Who runs the jobs, for the node lock's records: hxd (its jobs are numbered D-Bus objects) or an offline hxctl.
+    program: str = "hxd"
+    # How Ollama's unit is stopped and started: systemctl here; the daemon puts its D-Bus client to systemd instead.
+    controller: ServiceController = field(default_factory=SystemctlController)
 
     def __post_init__(self) -> None:
+        self.runner = JobRunner(self.program, lambda: self.config.paths.state_dir, numbered=self.program == "hxd")
         self.timers = build_timers(self.config)
         self.paths = check_paths(self.config)
         # pynvml is imported on the first sample, not here: hxd's start and idle memory stay small.
@@ -208,10 +220,23 @@ class Engine:
         )
         self.notify("features")
 
-    def audit(self, fix: bool, control: JobControl | None = None) -> AuditResult:
-        """Audit (and with ``fix`` repair) the managed trees. Blocking: the daemon runs it as a job, then
-        ``record_audit`` on the event loop."""
-        return run_audit(self.config, control, fix=fix)
+    # --- jobs: each takes the node's lock first (Busy when another process or job holds it), then runs in a
+    # worker thread of the runner. Blocking (lock files, plans, journals): the daemon calls these in a thread.
+
+    def audit(self, fix: bool) -> Job:
+        """Audit (and with ``fix`` repair) the managed trees; a repair changes files, so it runs alone."""
+        job = self.runner.reserve("audit", exclusive=fix)
+
+        def work(control: JobControl) -> Outcome:
+            result = run_audit(self.config, control, fix=fix)
+            return Outcome("audit finished", result.summary(), result)
+
+        return self.runner.start(job, work, self._audit_ended)
+
+    def _audit_ended(self, job: Job) -> None:
+        if job.outcome is not None:
+            assert isinstance(job.outcome.value, AuditResult)
+            self.record_audit(job.outcome.value)
 
     def record_audit(self, result: AuditResult) -> None:
         now = iso(datetime.now(UTC))
@@ -224,9 +249,67 @@ class Engine:
         log.info("audit finished", **summary)
         self.notify("features", "last_audit")
 
-    def smoke(self, models: list[ModelRef] | None, control: JobControl) -> SmokeRun:
-        """Run the smoke tests (blocking: in the job's worker thread), then ``record_smoke`` on the event loop."""
-        return run_smoke(self.config, models, control, datetime.now(UTC))
+    def smoke(self, models: list[ModelRef] | None) -> Job:
+        """Run the smoke tests (``models``, else the configured ones); one smoke run at a time on the node."""
+        job = self.runner.reserve("smoke", exclusive=False)
+
+        def work(control: JobControl) -> Outcome:
+            run = run_smoke(self.config, models, control, datetime.now(UTC))
+            return Outcome(run.describe(), {"runs": json.dumps(run.to_json())}, run)
+
+        return self.runner.start(job, work, self._smoke_ended)
+
+    def _smoke_ended(self, job: Job) -> None:
+        if job.outcome is not None:
+            assert isinstance(job.outcome.value, SmokeRun)
+            self.record_smoke(job.outcome.value)
+
+    def plan_migration(self, overrides: dict[str, str]) -> Plan:
+        """What ``migrate`` would do, or Refused with why not; writes nothing, takes no lock."""
+        return Migration(self.config, self.controller, JobControl("plan")).plan(overrides)
+
+    def migrate(self, overrides: dict[str, str], *, resume: bool) -> Job:
+        """Start (or resume) the migration; refusals come before the job exists, as Refused."""
+
+        def prepare(migration: Migration) -> MigrationWork:
+            prepared = migration.prepare(overrides, resume=resume)
+            return lambda: migration.run(prepared)
+
+        return self._migration_job("migrate", prepare)
+
+    def rollback(self) -> Job:
+        """Undo the last migration (interrupted, or committed and not pruned)."""
+
+        def prepare(migration: Migration) -> MigrationWork:
+            journal = migration.rollback_journal()
+            return lambda: migration.rollback(journal)
+
+        return self._migration_job("rollback", prepare)
+
+    def prune(self) -> Job:
+        """After a committed migration, delete the old store it kept (no rollback after this)."""
+
+        def prepare(migration: Migration) -> MigrationWork:
+            journal = migration.prune_journal()
+            return lambda: migration.prune_source(journal)
+
+        return self._migration_job("prune", prepare)
+
+    def _migration_job(self, kind: str, prepare: Callable[[Migration], MigrationWork]) -> Job:
+        """A migration step as a job: ``prepare`` refuses or readies it under the node's lock (the lock is given
+        back if it refuses); when the job ends, the migrate feature's state is read again from the journal."""
+        job = self.runner.reserve(kind, exclusive=True)
+        try:
+            work = prepare(Migration(self.config, self.controller, job.control))
+        except BaseException:
+            self.runner.abandon(job)
+            raise
+
+        def outcome(_control: JobControl) -> Outcome:
+            result = work()
+            return Outcome(str(result["message"]), result)
+
+        return self.runner.start(job, outcome, lambda _job: self.refresh_migration())
 
     def record_smoke(self, run: SmokeRun) -> None:
         self.last_smoke = run.summary()

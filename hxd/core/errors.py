@@ -31,7 +31,12 @@ class NotAuthorized(HxdError):
 
 
 class Busy(HxdError):
-    """Another mutating job is running; only one runs at a time."""
+    """Another job holds the node (or one of the same kind runs), in hxd or in hxctl --offline; the message names it."""
+
+
+class Refused(HxdError):
+    """hxd looked and will not do this as things are (a migration's plan, a rollback with nothing to undo); nothing
+    was changed, and the message says what to change first."""
 
 
 class Cancelled(HxdError):

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from hxd.core.errors import Cancelled
@@ -19,12 +20,21 @@ from hxd.core.errors import Cancelled
 _MIN_INTERVAL_SEC = 0.1
 
 
+class RunState(StrEnum):
+    """Where a job is: running, then one of the three ends (the Job's ``State`` property on the bus)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 @dataclass
 class JobState:
     """What a job shows: the bus Job object's properties, one to one."""
 
     kind: str
-    state: str = "running"  # running, completed, failed, cancelled
+    state: RunState = RunState.RUNNING
     phase: str = ""
     bytes_done: int = 0
     bytes_total: int = 0
@@ -41,7 +51,7 @@ class JobState:
             return min(self.bytes_done / self.bytes_total, 1.0)
         if self.items_total:
             return min(self.items_done / self.items_total, 1.0)
-        return 1.0 if self.state != "running" else 0.0
+        return 1.0 if self.state != RunState.RUNNING else 0.0
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,8 @@ class JobSummary:
 
     @classmethod
     def of(cls, state: JobState) -> JobSummary:
-        detail = f" ({state.phase}, {state.progress:.0%})" if state.state == "running" else f": {state.message}"
+        running = state.state == RunState.RUNNING
+        detail = f" ({state.phase}, {state.progress:.0%})" if running else f": {state.message}"
         return cls(state.kind, state.state, f"{state.kind} {state.state}{detail}")
 
 
@@ -136,6 +147,6 @@ class JobControl:
         if self._cancel.is_set():
             raise Cancelled(f"{self.state.kind} was cancelled")
 
-    def finish(self, state: str, message: str, result: dict[str, Any] | None = None) -> None:
+    def finish(self, state: RunState, message: str, result: dict[str, Any] | None = None) -> None:
         """The job's end: completed, failed or cancelled, with a one-line message and the result."""
         self.update(state=state, message=message, result=result or {})

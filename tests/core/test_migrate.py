@@ -23,12 +23,13 @@ from migrate_support import (
 
 from hxd.core.config import Config
 from hxd.core.envfile import read_envfile
-from hxd.core.errors import Cancelled, Failed
+from hxd.core.errors import Cancelled, Failed, Refused
 from hxd.core.jobs import JobControl, JobState
 from hxd.core.migrate import journal as journals
 from hxd.core.migrate.plan import make_plan, targets
 from hxd.core.migrate.runner import Migration, interrupted
 from hxd.core.validate import Options, validate
+from hxsandbox.migrate import prune, roll_back, run_migration
 from hxsandbox.samplestore import blob_path, sha256_digest
 from hxsandbox.systemd import OllamaService
 from hxsandbox.world import free_port
@@ -54,7 +55,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 def run(config: Config, controller: object | None = None, resume: bool = False) -> tuple[dict[str, object], JobControl]:
     control = JobControl("migrate")
-    result = Migration(config, controller or FakeController(), control).run({}, resume=resume)
+    result = run_migration(Migration(config, controller or FakeController(), control), resume=resume)
     return result, control
 
 
@@ -129,7 +130,7 @@ def test_a_bind_mount_of_the_same_filesystem_is_copied_to(tmp_path: Path, tmpfs:
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
-        ("missing", "refused: the source path"),
+        ("missing", "the source path"),
         ("not-a-store", "is not an Ollama store"),
         ("bulk-inside-source", "contain each other"),
         ("source-inside-bulk", "contain each other"),
@@ -171,10 +172,10 @@ def test_refusals(tmp_path: Path, setup: str, message: str) -> None:
         overrides["bulk"] = str(tmp_path / "closed" / "bulk")
     elif setup == "no-account":
         config = config.model_copy(update={"ollama": config.ollama.model_copy(update={"user": "nobodyhere"})})
-    with pytest.raises(Failed, match=message):
+    with pytest.raises(Refused, match=message):
         make_plan(config, targets(config, overrides))
-    with pytest.raises(Failed, match=message):
-        Migration(config, FakeController(), JobControl("migrate")).run(overrides, resume=False)
+    with pytest.raises(Refused, match=message):
+        run_migration(Migration(config, FakeController(), JobControl("migrate")), overrides)
     assert not os.path.lexists(p.canonical / "blobs")
 
 
@@ -185,7 +186,7 @@ def test_too_little_space_is_refused(tmp_path: Path) -> None:
     try:
         config = node_config(tmp_path, mount / "bulk")
         make_legacy_node(config)
-        with pytest.raises(Failed, match=r"refused: .* free; copying needs .* with a safety margin"):
+        with pytest.raises(Refused, match=r".* free; copying needs .* with a safety margin"):
             make_plan(config, targets(config, {}))
     finally:
         subprocess.run(["umount", str(mount)], check=True)
@@ -218,13 +219,13 @@ def test_disk_full_during_copy_leaves_the_source_intact(tmp_path: Path, tmpfs: P
 
     migration = Migration(config, FakeController(), JobControl("migrate", shrink))
     with pytest.raises(Failed) as error:
-        migration.run({}, resume=False)
+        run_migration(migration)
     assert "no space left" in str(error.value) and "the source is untouched" in str(error.value)
     assert snapshot(config.paths.legacy) == before
     assert not config.paths.legacy.is_symlink()
     assert "interrupted (copying)" in interrupted(config.paths.state_dir)
     subprocess.run(["mount", "-o", "remount,size=2g", str(tmpfs)], check=True)
-    Migration(config, FakeController(), JobControl("migrate")).run({}, resume=True)
+    run_migration(Migration(config, FakeController(), JobControl("migrate")), resume=True)
     assert readable_models(config.paths.canonical) == readable_models(old_store(config))
 
 
@@ -254,10 +255,10 @@ def test_cancel_then_resume(tmp_path: Path, tmpfs: Path) -> None:
     holder.append(control)
     controller = FakeController()
     with pytest.raises(Cancelled):
-        Migration(config, controller, control).run({}, resume=False)
+        run_migration(Migration(config, controller, control))
     assert controller.calls == ["is_active ollama.service"]
     assert not os.path.lexists(config.paths.canonical / "blobs")
-    with pytest.raises(Failed, match="was interrupted \\(copying\\): run hxctl migrate --resume"):
+    with pytest.raises(Refused, match="was interrupted \\(copying\\): run hxctl migrate --resume"):
         run(config)
     result, _ = run(config, resume=True)
     assert result["blobs"] == 6
@@ -276,7 +277,7 @@ def test_a_cancel_after_the_stop_is_refused_and_the_migration_finishes(tmp_path:
 
     control = JobControl("migrate", cancel_at_stop)
     holder.append(control)
-    result = Migration(config, FakeController(), control).run({}, resume=False)
+    result = run_migration(Migration(config, FakeController(), control))
     assert asked == [False] and not control.state.cancellable
     assert result["message"].startswith("committed")
 
@@ -288,7 +289,7 @@ def test_rollback_restores_everything(tmp_path: Path, tmpfs: Path) -> None:
     store_before = snapshot(config.paths.legacy)
     run(config)
     controller = FakeController()
-    result = Migration(config, controller, JobControl("rollback")).rollback()
+    result = roll_back(Migration(config, controller, JobControl("rollback")))
     p = config.paths
     assert result["undone"] == ["env", "legacy", "canonical-manifests", "canonical-blobs", "canonical"]
     assert p.env_file.read_bytes() == env_before
@@ -297,8 +298,8 @@ def test_rollback_restores_everything(tmp_path: Path, tmpfs: Path) -> None:
     assert not p.canonical.exists()
     assert controller.calls == ["stop ollama.service", "start ollama.service"]
     assert not (p.bulk / "blobs").exists() and not (p.bulk / "manifests").exists()  # the copies are taken back
-    with pytest.raises(Failed, match="nothing to roll back"):
-        Migration(config, controller, JobControl("rollback")).rollback()
+    with pytest.raises(Refused, match="nothing to roll back"):
+        roll_back(Migration(config, controller, JobControl("rollback")))
     result, _ = run(config)  # and the node can be migrated again
     assert result["blobs"] == 6
 
@@ -350,11 +351,11 @@ def test_failed_post_check_rolls_back(tmp_path: Path, tmpfs: Path) -> None:
 def test_prune_source_after_commit(tmp_path: Path, tmpfs: Path) -> None:
     config = node_config(tmp_path, tmpfs / "bulk")
     make_legacy_node(config)
-    with pytest.raises(Failed, match="needs a committed migration"):
-        Migration(config, FakeController(), JobControl("prune")).prune_source()
+    with pytest.raises(Refused, match="needs a committed migration"):
+        prune(Migration(config, FakeController(), JobControl("prune")))
     run(config)
     backup = old_store(config)
-    result = Migration(config, FakeController(), JobControl("prune")).prune_source()
+    result = prune(Migration(config, FakeController(), JobControl("prune")))
     assert str(backup) in result["removed"]
     assert not backup.exists()
     assert readable_models(config.paths.canonical)  # the migrated store is untouched

@@ -1,7 +1,7 @@
 """The migration plan (``hxctl migrate --dry-run``): what moves where, and every reason to refuse, before any write.
 
-A refusal is a ``Failed`` whose message starts with "refused:" and says what to change. The plan is recomputed at
-the start of a run, so nothing the dry run saw can be stale.
+A refusal is ``Refused`` (``org.hxinfra.hxd1.Error.Refused``) with a message that says what to change. A run makes
+its own plan while it holds the node's lock, so nothing the dry run saw can be stale.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from hxd.core.accounts import Account, can_enter, ollama_account
 from hxd.core.config import Config
 from hxd.core.envfile import read_envfile
-from hxd.core.errors import Failed, Unreadable
+from hxd.core.errors import Refused, Unreadable
 from hxd.core.paths import nearest_existing
 from hxd.core.store import Store, StoreError
 
@@ -85,7 +85,7 @@ def targets(config: Config, overrides: dict[str, str]) -> Targets:
     }
     for key, value in overrides.items():
         if not Path(value).is_absolute():
-            raise Failed(f"refused: {key} must be an absolute path, got {value!r}")
+            raise Refused(f"{key} must be an absolute path, got {value!r}")
     paths.update({k: Path(v) for k, v in overrides.items() if k != "source"})
     if "source" in overrides:
         source = Path(overrides["source"])
@@ -104,19 +104,19 @@ def make_plan(config: Config, t: Targets, *, resuming: bool = False) -> Plan:
     for name, path in (("canonical", t.canonical), ("bulk", t.bulk), ("legacy", t.legacy)):
         _resolve(path, name, must_exist=False)
     if not source.is_dir():
-        raise Failed(f"refused: the source store {t.source} does not exist; pass --source or fix OLLAMA_MODELS")
+        raise Refused(f"the source store {t.source} does not exist; pass --source or fix OLLAMA_MODELS")
     store = Store(source)
     if not (store.blobs_dir.is_dir() and store.manifests_dir.is_dir()):
-        raise Failed(f"refused: {source} is not an Ollama store (no blobs/ and manifests/ in it)")
+        raise Refused(f"{source} is not an Ollama store (no blobs/ and manifests/ in it)")
     bulk = Path(os.path.realpath(t.bulk))
     if bulk == source or _inside(bulk, source) or _inside(source, bulk):
-        raise Failed(f"refused: the source {source} and the bulk storage {bulk} contain each other; pick another bulk")
+        raise Refused(f"the source {source} and the bulk storage {bulk} contain each other; pick another bulk")
     if not resuming and Path(os.path.realpath(t.bulk / "blobs")) == Path(os.path.realpath(store.blobs_dir)):
-        raise Failed(f"refused: {t.source} already is the canonical layout (its blobs are in {t.bulk}); nothing to do")
+        raise Refused(f"{t.source} already is the canonical layout (its blobs are in {t.bulk}); nothing to do")
     if t.canonical.is_symlink():
-        raise Failed(f"refused: {t.canonical} is a symlink; the canonical path must be a directory (or not exist)")
+        raise Refused(f"{t.canonical} is a symlink; the canonical path must be a directory (or not exist)")
     if os.path.realpath(t.legacy) != str(source) and _has_other_data(t.legacy):
-        raise Failed(f"refused: the legacy path {t.legacy} holds data that is not the source store; move it aside")
+        raise Refused(f"the legacy path {t.legacy} holds data that is not the source store; move it aside")
     blobs, skipped = _blobs(store)
     manifests, referenced = _manifests(store)
     present = _present(t.bulk, blobs, resuming)
@@ -127,7 +127,7 @@ def make_plan(config: Config, t: Targets, *, resuming: bool = False) -> Plan:
     free = _free(t.bulk)
     needed = to_copy + max(int(to_copy * _MARGIN_FRACTION), _MARGIN_MIN) if to_copy else 0
     if needed > free:
-        raise Failed(f"refused: {t.bulk} has {_gib(free)} free; copying needs {_gib(needed)} with a safety margin")
+        raise Refused(f"{t.bulk} has {_gib(free)} free; copying needs {_gib(needed)} with a safety margin")
     account = _ollama(config)
     _refuse_untraversable(account, [t.bulk, t.canonical])
     plan = Plan(
@@ -154,11 +154,11 @@ def _resolve(path: Path, name: str, must_exist: bool = True) -> Path:
     except FileNotFoundError:
         if not must_exist:
             return Path(os.path.realpath(path))
-        raise Failed(f"refused: the {name} path {path} does not exist") from None
+        raise Refused(f"the {name} path {path} does not exist") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise Failed(f"refused: the {name} path {path} is a symlink loop") from None
-        raise Failed(f"refused: the {name} path {path} cannot be resolved: {exc.strerror}") from None
+            raise Refused(f"the {name} path {path} is a symlink loop") from None
+        raise Refused(f"the {name} path {path} cannot be resolved: {exc.strerror}") from None
 
 
 def _inside(path: Path, parent: Path) -> bool:
@@ -191,13 +191,13 @@ def _manifests(store: Store) -> tuple[list[str], set[str]]:
         try:
             manifest = store.read_manifest(path)
         except StoreError as exc:
-            raise Failed(f"refused: {exc}; fix or remove that manifest first") from None
+            raise Refused(f"{exc}; fix or remove that manifest first") from None
         manifests.append(str(path.relative_to(store.manifests_dir)))
         referenced.update(layer.blob_name for layer in manifest.layers)
     missing = sorted(referenced - {p.name for p in store.blobs_dir.iterdir()})
     if missing:
-        raise Failed(
-            f"refused: the source store is incomplete: {missing[0]} is referenced but missing "
+        raise Refused(
+            f"the source store is incomplete: {missing[0]} is referenced but missing "
             f"({len(missing)} in all); re-pull the affected models first"
         )
     return manifests, referenced
@@ -222,17 +222,17 @@ def _refuse_other_data(t: Targets) -> None:
     for part in ("blobs", "manifests"):
         directory = t.bulk / part
         if directory.is_dir() and any(directory.iterdir()):
-            raise Failed(f"refused: {directory} already holds data; empty it, or resume the migration that left it")
+            raise Refused(f"{directory} already holds data; empty it, or resume the migration that left it")
     for sub in (t.bulk / STAGING,):
         if sub.exists():
-            raise Failed(f"refused: {sub} exists from an earlier migration; resume it (hxctl migrate --resume)")
+            raise Refused(f"{sub} exists from an earlier migration; resume it (hxctl migrate --resume)")
     if t.canonical.is_dir():
         for entry in t.canonical.iterdir():
             if entry.name in ("blobs", "manifests") and entry.is_symlink():
                 continue
             if Path(os.path.realpath(t.canonical)) == Path(os.path.realpath(t.source)):
                 continue  # the store itself lives at the canonical path (llm-02): its subdirectories get swapped
-            raise Failed(f"refused: {t.canonical} holds {entry.name}, which is not part of the canonical layout")
+            raise Refused(f"{t.canonical} holds {entry.name}, which is not part of the canonical layout")
 
 
 def _mount(path: Path) -> tuple[int, int]:
@@ -259,7 +259,7 @@ def _ollama(config: Config) -> Account:
     account = ollama_account(config)
     if isinstance(account, str):
         user, group = config.ollama.user, config.ollama.group
-        raise Failed(f"refused: the Ollama account {user}:{group} does not exist; set ollama.user/group")
+        raise Refused(f"the Ollama account {user}:{group} does not exist; set ollama.user/group")
     return account
 
 
@@ -271,8 +271,8 @@ def _refuse_untraversable(account: Account, paths: list[Path]) -> None:
                 break
             st = parent.stat()
             if not can_enter(st, account):
-                raise Failed(
-                    f"refused: {parent} ({stat.filemode(st.st_mode)}) does not let {account.name} through; "
+                raise Refused(
+                    f"{parent} ({stat.filemode(st.st_mode)}) does not let {account.name} through; "
                     f"chmod o+x {parent} or pick another path"
                 )
 

@@ -29,7 +29,7 @@ import structlog
 from hxd.core.atomic import replace_file
 from hxd.core.config import Config
 from hxd.core.envfile import set_variable
-from hxd.core.errors import Cancelled, Failed
+from hxd.core.errors import Cancelled, Failed, Refused
 from hxd.core.jobs import JobControl
 from hxd.core.migrate import journal as journals
 from hxd.core.migrate.copy import Ownership, copy_blob, copy_manifest, ensure_dir, link_blob
@@ -46,6 +46,15 @@ log = structlog.get_logger("hxd.migrate")
 
 _WORKERS = 2  # blob copies in parallel: hashing releases the GIL, and these machines have two cores
 _POST_CHECK_TIMEOUT_SEC = 120.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A migration ready to run: its journal (written), its one plan, and when the job began (for the timings)."""
+
+    journal: Journal
+    plan: Plan
+    started: float
 
 
 @dataclass
@@ -68,13 +77,17 @@ class Migration:
             return make_plan(self.config, _targets(current), resuming=True)
         return make_plan(self.config, targets(self.config, overrides))
 
-    def run(self, overrides: dict[str, str], *, resume: bool) -> dict[str, Any]:
-        started = time.monotonic()
-        journal = self._journal(overrides, resume)
-        plan = make_plan(self.config, _targets(journal), resuming=resume)
+    def prepare(self, overrides: dict[str, str], *, resume: bool) -> Prepared:
+        """Refuse early (Refused), before the job starts: the journal to work on (a new one is written) and its
+        plan, made once. Call it holding the node's lock, and hand the result to ``run``."""
+        journal, plan = self._journal(overrides, resume)
+        return Prepared(journal, plan, time.monotonic())
+
+    def run(self, prepared: Prepared) -> dict[str, Any]:
+        journal, plan = prepared.journal, prepared.plan
         owner = _ownership(self.config, plan)
         try:
-            return self._run(journal, plan, owner, started)
+            return self._run(journal, plan, owner, prepared.started)
         except OSError as exc:
             where = exc.filename or journal.bulk
             raise Failed(
@@ -139,15 +152,15 @@ class Migration:
             "backups": sorted(journal.backups.values()),
         }
 
-    def _journal(self, overrides: dict[str, str], resume: bool) -> Journal:
+    def _journal(self, overrides: dict[str, str], resume: bool) -> tuple[Journal, Plan]:
         current = journals.load(self.state_dir)
         if resume:
             if current is None or not current.interrupted:
-                raise Failed("there is no interrupted migration to resume")
+                raise Refused("there is no interrupted migration to resume")
             log.info("resuming migration", id=current.id, state=current.state)
-            return current
+            return current, make_plan(self.config, _targets(current), resuming=True)
         if current is not None and current.interrupted:
-            raise Failed(
+            raise Refused(
                 f"migration {current.id} was interrupted ({current.state}): run hxctl migrate --resume, "
                 "or hxctl rollback"
             )
@@ -171,7 +184,7 @@ class Migration:
         journal.tags_before, journal.tags_from = self._tags_before(journal)
         journal.env_backup = self._backup_env(journal)
         journal.save(self.state_dir)
-        return journal
+        return journal, plan
 
     def _tags_before(self, journal: Journal) -> tuple[dict[str, str], str]:
         """What the post-check expects, and from where: the server's list if it answers, else the source store's."""
@@ -327,14 +340,18 @@ class Migration:
 
     # --- rollback and prune -----------------------------------------------------------------------------------
 
-    def rollback(self) -> dict[str, Any]:
+    def rollback_journal(self) -> Journal:
+        """The migration a rollback would undo; Refused when there is none. Call it holding the node's lock."""
         journal = journals.load(self.state_dir)
         if journal is None or journal.state in ("rolled-back", "pruned"):
-            raise Failed(
+            raise Refused(
                 "there is no migration to roll back"
                 if journal is None
                 else f"migration {journal.id} is {journal.state}: nothing to roll back"
             )
+        return journal
+
+    def rollback(self, journal: Journal) -> dict[str, Any]:
         self.control.update(phase="rollback", message=f"rolling back migration {journal.id}")
         self._undo(journal)
         self._remove_copies(journal)
@@ -372,11 +389,15 @@ class Migration:
             _remove_if_empty(directory)
         _remove_if_empty(bulk / "blobs")
 
-    def prune_source(self) -> dict[str, Any]:
-        """After a committed migration: delete the old store (the backups the switch kept). Rollback ends here."""
+    def prune_journal(self) -> Journal:
+        """The committed migration whose old store a prune would delete; Refused when there is none."""
         journal = journals.load(self.state_dir)
         if journal is None or journal.state != "committed":
-            raise Failed("--prune-source needs a committed migration (see hxctl status); nothing was deleted")
+            raise Refused("--prune-source needs a committed migration (see hxctl status); nothing was deleted")
+        return journal
+
+    def prune_source(self, journal: Journal) -> dict[str, Any]:
+        """After a committed migration: delete the old store (the backups the switch kept). Rollback ends here."""
         self.control.update(phase="prune", message="deleting the old store")
         removed = [path for path in journal.backups.values() if os.path.lexists(path)]
         if Path(journal.source) not in (Path(journal.legacy), Path(journal.canonical)) and os.path.isdir(

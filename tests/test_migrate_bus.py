@@ -175,7 +175,7 @@ def test_hxctl_migrate_and_rollback(bus: PrivateBus, start_hxd: StartHxd, node: 
     assert result["blobs"] == 6 and isinstance(result["backups"], list)
     assert "copy" in migrated.stderr and "post-check" in migrated.stderr  # progress, one line per phase
     again = hxctl("--bus", bus.address, "migrate")
-    assert again.returncode == 1 and "already is the canonical layout" in again.stderr
+    assert again.returncode == 5 and "already is the canonical layout" in again.stderr
     rolled = hxctl("--bus", bus.address, "rollback", "--json")
     assert rolled.returncode == 0, rolled.stderr
     assert json.loads(rolled.stdout)["undone"][0] == "env"

@@ -118,8 +118,12 @@ class JobRunner:
         return job
 
     def changed(self, job: Job, fields: frozenset[str]) -> None:
+        """Tell the observers, in the worker thread; an observer's failure is logged, never the job's end."""
         for observer in self.observers:
-            observer.job_changed(job, fields)
+            try:
+                observer.job_changed(job, fields)
+            except Exception:
+                log.exception("a job observer failed", job=job.number, kind=job.kind)
 
     def _run(self, job: Job, work: Work, on_end: Callable[[Job], None] | None) -> None:
         try:

@@ -9,30 +9,44 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from hxd.core.atomic import replace_file
 from hxd.core.errors import Failed
+from hxd.core.migrate.plan import Targets
 from hxd.core.schedule import iso
 
 JOURNAL_NAME = "migration.json"
 
-# A migration goes copying, verified, stopped, switching, started, then committed (or rolled-back); later pruned.
-# These states are final; any other means interrupted.
-FINAL = ("committed", "rolled-back", "pruned")
+
+class Phase(StrEnum):
+    """Where a migration is: copying, verified, stopped, switching, started, then committed (or rolled-back);
+    later pruned. The last three are final; any other means interrupted."""
+
+    COPYING = "copying"
+    VERIFIED = "verified"
+    STOPPED = "stopped"
+    SWITCHING = "switching"
+    STARTED = "started"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled-back"
+    PRUNED = "pruned"
+
+
+FINAL = (Phase.COMMITTED, Phase.ROLLED_BACK, Phase.PRUNED)
+# From these on Ollama may have been stopped: a rollback starts it again.
+AFTER_STOP = (Phase.STOPPED, Phase.SWITCHING, Phase.STARTED, Phase.COMMITTED)
 
 
 @dataclass
 class Journal:
     id: str
-    state: str
-    source: str
-    canonical: str
-    bulk: str
-    legacy: str
-    env_file: str
+    state: Phase
+    targets: Targets  # the source as resolved when the migration began
     unit: str
     same_fs: bool
     started: str
@@ -53,9 +67,19 @@ class Journal:
 
     def save(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
-        replace_file(state_dir / JOURNAL_NAME, json.dumps(asdict(self), indent=1, sort_keys=True).encode())
+        replace_file(state_dir / JOURNAL_NAME, json.dumps(self.to_json(), indent=1, sort_keys=True).encode())
 
-    def finish(self, state_dir: Path, state: str, message: str) -> None:
+    def to_json(self) -> dict[str, Any]:
+        """Plain values; the targets' paths flat beside the rest (as before they were typed)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "targets"}
+        return {**data, "state": str(self.state), **{k: str(v) for k, v in asdict(self.targets).items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Journal:
+        paths = {name: Path(data.pop(name)) for name in Targets.__dataclass_fields__}
+        return cls(**{**data, "state": Phase(data["state"]), "targets": Targets(**paths)})
+
+    def finish(self, state_dir: Path, state: Phase, message: str) -> None:
         self.state, self.message, self.finished = state, message, iso(datetime.now(UTC))
         self.save(state_dir)
 
@@ -63,11 +87,10 @@ class Journal:
 def load(state_dir: Path) -> Journal | None:
     path = state_dir / JOURNAL_NAME
     try:
-        data = json.loads(path.read_bytes())
-        return Journal(**data)
+        return Journal.from_json(json.loads(path.read_bytes()))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, KeyError) as exc:
         raise Failed(f"{path}: the migration journal cannot be read ({exc}); move it aside to start over") from None
 
 

@@ -13,6 +13,7 @@ Every step is idempotent, so ``resume`` simply runs the remaining ones again aft
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import threading
@@ -33,8 +34,8 @@ from hxd.core.errors import Cancelled, Failed, Refused
 from hxd.core.jobs import JobControl
 from hxd.core.migrate import journal as journals
 from hxd.core.migrate.copy import Ownership, copy_blob, copy_manifest, ensure_dir, link_blob
-from hxd.core.migrate.journal import Journal
-from hxd.core.migrate.plan import STAGING, Plan, Targets, make_plan, targets
+from hxd.core.migrate.journal import AFTER_STOP, Journal, Phase
+from hxd.core.migrate.plan import STAGING, Plan, make_plan, targets
 from hxd.core.migrate.switch import change, point, undo
 from hxd.core.modelref import parse_ref
 from hxd.core.ollama_api import OllamaUnavailable, list_models
@@ -74,7 +75,7 @@ class Migration:
     def plan(self, overrides: dict[str, str]) -> Plan:
         current = journals.load(self.state_dir)
         if current is not None and current.interrupted:
-            return make_plan(self.config, _targets(current), resuming=True)
+            return make_plan(self.config, current.targets, resuming=True)
         return make_plan(self.config, targets(self.config, overrides))
 
     def prepare(self, overrides: dict[str, str], *, resume: bool) -> Prepared:
@@ -89,7 +90,7 @@ class Migration:
         try:
             return self._run(journal, plan, owner, prepared.started)
         except OSError as exc:
-            where = exc.filename or journal.bulk
+            where = exc.filename or journal.targets.bulk
             raise Failed(
                 f"{where}: {exc.strerror}; migration {journal.id} stopped in phase {journal.state} "
                 "(see hxctl status): fix that, then hxctl migrate --resume or hxctl rollback"
@@ -98,46 +99,46 @@ class Migration:
     def _run(self, journal: Journal, plan: Plan, owner: Ownership, started: float) -> dict[str, Any]:
         stop_time = started  # a resumed run past the stop cannot know when Ollama went down: from the resume on
         try:
-            if journal.state == "copying":
+            if journal.state == Phase.COPYING:
                 self._copy(journal, plan, owner)
                 self._verify(journal)
-                journal.state = "verified"
+                journal.state = Phase.VERIFIED
                 journal.save(self.state_dir)
-            if journal.state == "verified":
+            if journal.state == Phase.VERIFIED:
                 self.control.point_of_no_return()  # from the stop on, the migration ends committed or rolled back
                 self.control.update(phase="stop", message=f"stopping {journal.unit}")
                 stop_time = time.monotonic()
                 if journal.service_was_active:
                     self.controller.stop(journal.unit)
-                journal.state = "stopped"
+                journal.state = Phase.STOPPED
                 journal.save(self.state_dir)
         except (Failed, Cancelled) as exc:
-            if journal.state in ("copying", "verified"):  # nothing switched: the source serves as before
+            if journal.state in (Phase.COPYING, Phase.VERIFIED):  # nothing switched: the source serves as before
                 log.warning("migration stopped before the switch", error=str(exc))
             raise
         self.control.point_of_no_return()  # a resumed run past the stop, too
-        if journal.state == "stopped":
+        if journal.state == Phase.STOPPED:
             self._catch_up(journal, owner)
-            journal.state = "switching"
+            journal.state = Phase.SWITCHING
             journal.save(self.state_dir)
-        if journal.state == "switching":
+        if journal.state == Phase.SWITCHING:
             self._switch(journal, owner)
             if journal.service_was_active:
                 self.control.update(phase="start", message=f"starting {journal.unit}")
                 self.controller.start(journal.unit)
-            journal.state = "started"
+            journal.state = Phase.STARTED
             journal.save(self.state_dir)
         problem = self._post_check(journal)
         downtime = time.monotonic() - stop_time  # from the stop until the post-check got its answer
         if problem:
             self._undo(journal)
-            journal.finish(self.state_dir, "rolled-back", f"post-check failed, rolled back: {problem}")
+            journal.finish(self.state_dir, Phase.ROLLED_BACK, f"post-check failed, rolled back: {problem}")
             raise Failed(f"post-check failed, so the migration was rolled back: {problem}")
-        shutil.rmtree(Path(journal.bulk) / STAGING, ignore_errors=True)
-        journal.finish(self.state_dir, "committed", "committed")
+        shutil.rmtree(journal.targets.bulk / STAGING, ignore_errors=True)
+        journal.finish(self.state_dir, Phase.COMMITTED, "committed")
         message = (
             f"committed: {len(journal.verified)} blobs and {len(journal.manifests)} manifests in "
-            f"{journal.bulk}; {journal.unit} was down {downtime:.2f} s"
+            f"{journal.targets.bulk}; {journal.unit} was down {downtime:.2f} s"
         )
         return {
             "message": message,
@@ -148,7 +149,7 @@ class Migration:
             "same_filesystem": journal.same_fs,
             "seconds": round(time.monotonic() - started, 3),
             "service_down_seconds": round(downtime, 3),
-            "canonical": journal.canonical,
+            "canonical": str(journal.targets.canonical),
             "backups": sorted(journal.backups.values()),
         }
 
@@ -158,7 +159,7 @@ class Migration:
             if current is None or not current.interrupted:
                 raise Refused("there is no interrupted migration to resume")
             log.info("resuming migration", id=current.id, state=current.state)
-            return current, make_plan(self.config, _targets(current), resuming=True)
+            return current, make_plan(self.config, current.targets, resuming=True)
         if current is not None and current.interrupted:
             raise Refused(
                 f"migration {current.id} was interrupted ({current.state}): run hxctl migrate --resume, "
@@ -170,12 +171,8 @@ class Migration:
         t = plan.targets
         journal = Journal(
             id=journals.new_id(),
-            state="copying",
-            source=str(Path(os.path.realpath(t.source))),
-            canonical=str(t.canonical),
-            bulk=str(t.bulk),
-            legacy=str(t.legacy),
-            env_file=str(t.env_file),
+            state=Phase.COPYING,
+            targets=dataclasses.replace(t, source=Path(os.path.realpath(t.source))),
             unit=self.config.ollama.unit,
             same_fs=plan.same_fs,
             started=iso(datetime.now(UTC)),
@@ -193,10 +190,10 @@ class Migration:
                 return list_models(self.config.ollama.url), "server"
             except OllamaUnavailable as exc:
                 log.warning("Ollama does not list its models; the post-check will compare stores", error=str(exc))
-        return _store_tags(Store(Path(journal.source))), "store"
+        return _store_tags(Store(journal.targets.source)), "store"
 
     def _backup_env(self, journal: Journal) -> str:
-        env = Path(journal.env_file)
+        env = journal.targets.env_file
         backup = self.state_dir / f"migration-{journal.id}-{env.name}"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         replace_file(backup, env.read_bytes(), like=env.stat())
@@ -205,7 +202,7 @@ class Migration:
     # --- phases 1 and 2 -------------------------------------------------------------------------------------------
 
     def _copy(self, journal: Journal, plan: Plan, owner: Ownership) -> None:
-        bulk = Path(journal.bulk)
+        bulk = journal.targets.bulk
         for directory in (bulk / "blobs", bulk / "manifests", bulk / STAGING):
             ensure_dir(directory, owner)
         todo = {name: size for name, size in plan.blobs.items() if name not in journal.verified}
@@ -223,7 +220,7 @@ class Migration:
         self._put_manifests(journal, owner, plan.manifests)
 
     def _put_blobs(self, journal: Journal, owner: Ownership, todo: dict[str, int], present: dict[str, int]) -> None:
-        source, bulk = Path(journal.source) / "blobs", Path(journal.bulk)
+        source, bulk = journal.targets.source / "blobs", journal.targets.bulk
         lock = threading.Lock()
 
         def one(name: str) -> None:
@@ -247,7 +244,7 @@ class Migration:
         _parallel(one, sorted(todo, key=lambda n: -todo[n]))
 
     def _put_manifests(self, journal: Journal, owner: Ownership, manifests: list[str]) -> None:
-        source, bulk = Path(journal.source) / "manifests", Path(journal.bulk)
+        source, bulk = journal.targets.source / "manifests", journal.targets.bulk
         for relative in manifests:
             journal.manifests[relative] = copy_manifest(
                 source / relative, bulk / STAGING, bulk / "manifests" / relative, owner
@@ -257,7 +254,7 @@ class Migration:
     def _verify(self, journal: Journal) -> None:
         """Every manifest in bulk storage has all its blobs, with the manifest's sizes (their hashes were checked)."""
         self.control.update(phase="verify", message="checking that every model is complete")
-        store = Store(Path(journal.bulk))
+        store = Store(journal.targets.bulk)
         for path in store.manifest_files():
             try:
                 manifest = store.read_manifest(path)
@@ -275,14 +272,14 @@ class Migration:
     def _catch_up(self, journal: Journal, owner: Ownership) -> None:
         """With Ollama stopped, bring over what changed while it served: new blobs, new or changed manifests."""
         self.control.update(phase="catch-up", message="copying what changed while Ollama served")
-        plan = make_plan(self.config, _targets(journal), resuming=True)
+        plan = make_plan(self.config, journal.targets, resuming=True)
         todo = {name: size for name, size in plan.blobs.items() if name not in journal.verified}
         self._put_blobs(journal, owner, todo, plan.present)
-        source = Store(Path(journal.source))
+        source = Store(journal.targets.source)
         changed = [m for m in plan.manifests if journal.manifests.get(m) != sha256_file(source.manifests_dir / m)]
         self._put_manifests(journal, owner, changed)
         for gone in sorted(set(journal.manifests) - set(plan.manifests)):
-            (Path(journal.bulk) / "manifests" / gone).unlink(missing_ok=True)
+            (journal.targets.bulk / "manifests" / gone).unlink(missing_ok=True)
             del journal.manifests[gone]
         journal.save(self.state_dir)
         self._verify(journal)
@@ -290,7 +287,7 @@ class Migration:
     def _switch(self, journal: Journal, owner: Ownership) -> None:
         """Each step is written to the journal (with how it will be undone) before it is taken."""
         self.control.update(phase="switch", message="switching to the canonical layout")
-        canonical, bulk, legacy = Path(journal.canonical), Path(journal.bulk), Path(journal.legacy)
+        canonical, bulk, legacy = journal.targets.canonical, journal.targets.bulk, journal.targets.legacy
         if not canonical.exists():
             self._record(journal, "canonical", "created-dir")
             ensure_dir(canonical, owner)
@@ -303,7 +300,7 @@ class Migration:
             self._record(journal, "legacy", change(legacy, canonical), backup)
             point(legacy, canonical, backup)
         self._record(journal, "env", "set")
-        set_variable(Path(journal.env_file), "OLLAMA_MODELS", str(canonical))
+        set_variable(journal.targets.env_file, "OLLAMA_MODELS", str(canonical))
 
     def _record(self, journal: Journal, step: str, how: str, backup: Path | None = None) -> None:
         """Journal a switch step and how to undo it, durably, before it is taken (once: a resume repeats steps)."""
@@ -321,7 +318,7 @@ class Migration:
         self.control.update(phase="post-check", message="comparing the served models with the list from before")
         expected = journal.tags_before
         if journal.tags_from == "store":
-            actual = _store_tags(Store(Path(journal.canonical)))
+            actual = _store_tags(Store(journal.targets.canonical))
         else:
             deadline = time.monotonic() + _POST_CHECK_TIMEOUT_SEC
             while True:
@@ -343,7 +340,7 @@ class Migration:
     def rollback_journal(self) -> Journal:
         """The migration a rollback would undo; Refused when there is none. Call it holding the node's lock."""
         journal = journals.load(self.state_dir)
-        if journal is None or journal.state in ("rolled-back", "pruned"):
+        if journal is None or journal.state in (Phase.ROLLED_BACK, Phase.PRUNED):
             raise Refused(
                 "there is no migration to roll back"
                 if journal is None
@@ -355,22 +352,22 @@ class Migration:
         self.control.update(phase="rollback", message=f"rolling back migration {journal.id}")
         self._undo(journal)
         self._remove_copies(journal)
-        journal.finish(self.state_dir, "rolled-back", "rolled back")
+        journal.finish(self.state_dir, Phase.ROLLED_BACK, "rolled back")
         undone = [step for step, _ in reversed(journal.switched)]
         return {"message": f"rolled back migration {journal.id}", "id": journal.id, "undone": undone}
 
     def _undo(self, journal: Journal) -> None:
-        stopped = journal.state in ("stopped", "switching", "started", "committed")
+        stopped = journal.state in AFTER_STOP
         if journal.switched and journal.service_was_active:
             self.controller.stop(journal.unit)
         for step, how in reversed(journal.switched):
             if step == "env":
-                env = Path(journal.env_file)
+                env = journal.targets.env_file
                 replace_file(env, Path(journal.env_backup).read_bytes(), like=env.stat())
             elif step == "canonical":
-                _remove_if_empty(Path(journal.canonical))
+                _remove_if_empty(journal.targets.canonical)
             else:
-                link = Path(journal.legacy) if step == "legacy" else Path(journal.canonical) / step.split("-", 1)[1]
+                link = journal.targets.legacy if step == "legacy" else journal.targets.canonical / step.split("-", 1)[1]
                 undo(link, Path(journal.backups[step]), how)
         if stopped and journal.service_was_active:
             self.controller.start(journal.unit)
@@ -379,7 +376,7 @@ class Migration:
         """Take back what the migration put in bulk storage (the names the journal lists, nothing else), so the
         store is where it was and a later migration starts clean. Models pulled into bulk storage after the
         migration are not in the journal and stay, and a new migration refuses until someone decides about them."""
-        bulk = Path(journal.bulk)
+        bulk = journal.targets.bulk
         for name in journal.verified:
             (bulk / "blobs" / name).unlink(missing_ok=True)
         for relative in journal.manifests:
@@ -392,7 +389,7 @@ class Migration:
     def prune_journal(self) -> Journal:
         """The committed migration whose old store a prune would delete; Refused when there is none."""
         journal = journals.load(self.state_dir)
-        if journal is None or journal.state != "committed":
+        if journal is None or journal.state != Phase.COMMITTED:
             raise Refused("--prune-source needs a committed migration (see hxctl status); nothing was deleted")
         return journal
 
@@ -400,16 +397,16 @@ class Migration:
         """After a committed migration: delete the old store (the backups the switch kept). Rollback ends here."""
         self.control.update(phase="prune", message="deleting the old store")
         removed = [path for path in journal.backups.values() if os.path.lexists(path)]
-        if Path(journal.source) not in (Path(journal.legacy), Path(journal.canonical)) and os.path.isdir(
-            journal.source
+        if journal.targets.source not in (journal.targets.legacy, journal.targets.canonical) and os.path.isdir(
+            journal.targets.source
         ):
-            removed.append(journal.source)
+            removed.append(str(journal.targets.source))
         for path in removed:
             if os.path.islink(path):
                 os.unlink(path)
             else:
                 shutil.rmtree(path)
-        journal.finish(self.state_dir, "pruned", f"pruned {len(removed)} paths")
+        journal.finish(self.state_dir, Phase.PRUNED, f"pruned {len(removed)} paths")
         return {"message": f"removed the old store: {', '.join(removed)}", "id": journal.id, "removed": removed}
 
 
@@ -422,12 +419,6 @@ def interrupted(state_dir: Path) -> str:
     if journal is None or not journal.interrupted:
         return ""
     return f"migration {journal.id} interrupted ({journal.state}): run `hxctl migrate --resume` or `hxctl rollback`"
-
-
-def _targets(journal: Journal) -> Targets:
-    return Targets(
-        Path(journal.source), Path(journal.canonical), Path(journal.bulk), Path(journal.legacy), Path(journal.env_file)
-    )
 
 
 def _ownership(config: Config, plan: Plan) -> Ownership:

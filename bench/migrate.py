@@ -67,7 +67,7 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 
 
 def config_for(root: Path, bulk: Path, url: str = "http://127.0.0.1:9") -> Config:
-    """The seed's layout under ``root`` (hxsandbox.world.node_paths), with bulk storage at ``bulk``."""
+    """The seed nodes' layout under ``root`` (hxsandbox.world.node_paths), with bulk storage at ``bulk``."""
     return Config(
         paths=PathsConfig(**{**node_paths(root), "bulk": bulk}),
         ollama=OllamaConfig(url=url, user="ollama", group="ollama"),

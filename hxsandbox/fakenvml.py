@@ -3,14 +3,14 @@
 Faked at the pynvml boundary, as gpustat's tests do: the real nvidia-ml-py module's error classes and constants
 (so ``NVMLError(3)`` is the real ``NVMLError_NotSupported``), and the nvml* functions hxd's sampler calls,
 with the real functions' parameter names, answered from ``FakeGpu`` records. Behaviour follows NVML as
-shared/reference/gpu-telemetry.md describes it: calls before ``nvmlInit`` raise Uninitialized; memory v1's
+docs/gpu-telemetry.md describes it: calls before ``nvmlInit`` raise Uninitialized; memory v1's
 ``used`` includes the reserved memory and v2's does not; utilization is NotSupported with MIG enabled; fan, ECC
 and MIG mode are NotSupported where the board has none; a lost GPU raises GpuIsLost from every call. Arguments are
-the ones §2.1 lists: clock types NVML_CLOCK_GRAPHICS, _SM and _MEM; ECC error types CORRECTED and UNCORRECTED, each
-for the counters NVML_VOLATILE_ECC (since the last driver load) and NVML_AGGREGATE_ECC (the board's lifetime);
-anything else raises InvalidArgument.
+the ones docs/gpu-telemetry.md, "NVML calls" lists: clock types NVML_CLOCK_GRAPHICS, _SM and _MEM; ECC error
+types CORRECTED and UNCORRECTED, each for the counters NVML_VOLATILE_ECC (since the last driver load) and
+NVML_AGGREGATE_ECC (the board's lifetime); anything else raises InvalidArgument.
 
-The defaults are the H100 row of the reference's nvidia-smi capture (driver 590.48.01), whose
+The defaults are the real H100 row of docs/gpu-telemetry.md, "CSV format" (driver 590.48.01), whose
 ``clocks.current.graphics`` equals ``clocks.current.sm`` and whose aggregate ECC totals are 0, as the volatile ones.
 """
 
@@ -56,7 +56,7 @@ class FakeGpu:
 
 
 def h100(index: int) -> FakeGpu:
-    """The reference's H100, with a uuid and bus id of its own."""
+    """The captured H100 (docs/gpu-telemetry.md, "CSV format"), with a uuid and bus id of its own."""
     return FakeGpu(uuid=f"GPU-{index:08x}-5f2c-4a1e-9b7d-0123456789ab", pci_bus_id=f"00000000:00:{0x09 + index:02X}.0")
 
 

@@ -1,6 +1,6 @@
 """Build real Ollama model stores on disk: the sample store of ``make demo``, the benchmarks and the tests.
 
-The layout follows shared/reference/ollama.md §1:
+The layout follows docs/ollama.md, "Store layout", "Blob names" and "Manifests":
 
 * ``manifests/<host>/<namespace>/<model>/<tag>`` holds the manifest JSON.
 * ``blobs/sha256-<hex>`` holds each blob, named by the SHA-256 of its content.
@@ -131,7 +131,7 @@ def make_store(
     return {name: write_model(root, name, layers, (configs or {}).get(name)) for name, layers in models.items()}
 
 
-# The seed's three production models (llm-01), with tiny stand-in weights.
+# llm-01's three production models (docs/node-layout.md, "Models and measurements"), with tiny stand-in weights.
 SAMPLE_MODELS: Final[Mapping[str, Sequence[LayerSpec]]] = {
     "llama3.2:3b": [b"llama3.2 3b weights", ("template", b"{{ .Prompt }}")],
     "qwen3:1.7b": [b"qwen3 1.7b weights"],
@@ -140,7 +140,7 @@ SAMPLE_MODELS: Final[Mapping[str, Sequence[LayerSpec]]] = {
 
 
 def sample_env(models_dir: Path, digests: Mapping[str, str]) -> str:
-    """llm-01's ollama.env as the seed shows it: quoted values, the model variables, the list, a digest pin."""
+    """llm-01's ollama.env (docs/node-layout.md): quoted values, the model variables, the list, a digest pin."""
     pin = digests["mistral-small3.2"][:12]
     return (
         "# Ollama configuration for llm-01\n"

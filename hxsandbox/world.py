@@ -186,7 +186,7 @@ class HxdProcess:
 
 
 def node_paths(root: Path) -> dict[str, Path]:
-    """The seed's layout (llm-01's paths) under ``root``: what hxd.toml's [paths] would say on a real node."""
+    """The seed nodes' layout (llm-01's paths, docs/node-layout.md) under ``root``: hxd.toml's [paths] on a node."""
     return {
         "canonical": root / "mnt/active_llm_models",
         "bulk": root / "data/llm_bulk_storage",

@@ -1,4 +1,5 @@
-"""The config model: seed defaults, errors that name the key, the shipped file, check-config and dump-config."""
+"""The config model: the seed nodes' defaults (docs/node-layout.md), errors that name the key, the shipped file,
+check-config and dump-config."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The Ollama stub (tools/ollama_stub.py) as a real subprocess against real stores on disk.
 
-Each check is phrased as a fact from shared/reference/ollama.md: store layout and digests, name resolution,
+Each check is phrased as a fact from docs/ollama.md: store layout and digests, name resolution,
 status codes and error bodies, NDJSON framing, timing, injected failures, pruning at startup and SIGTERM.
 The clients are http.client and raw sockets, so nothing in this file shares code with the stub.
 """
@@ -361,7 +361,7 @@ def test_name_resolution(shared: Stub) -> None:
 
 GEN = "/api/generate"
 ERROR_CASES: list[tuple[str, Any, int, str]] = [
-    # reference §1.7: name@sha256:... parses to an invalid model name
+    # docs/ollama.md, "Model names": name@sha256:... parses to an invalid model name
     (GEN, {"model": "mistral-small3.2@sha256:" + "0" * 64, "prompt": "x"}, 400, "invalid model name"),
     (GEN, {"model": "bad name!", "prompt": "x"}, 400, "invalid model name"),
     (GEN, {"model": "llama3.2:", "prompt": "x"}, 400, "invalid model name"),

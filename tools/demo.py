@@ -1,10 +1,10 @@
 """``make demo``: hxd end to end on a sandbox node, with nothing touched outside a temporary directory.
 
-The sandbox is llm-01 before the alignment: the sample models in a real directory at the legacy path, the seed's
-ollama.env pointing there, and the Ollama stub running as "ollama.service" (behind a stand-in for systemd on a
-private bus). hxd runs on that bus the way systemd would start it (NOTIFY_SOCKET, watchdog); the demo then asks it
-for its status, validates the env file, migrates the store to the canonical layout, validates again, runs the
-smoke tests, audits, and stops it. The Ollama account is the current user's, so no root is needed.
+The sandbox is llm-01 before the alignment (docs/node-layout.md): the sample models in a real directory at the
+legacy path, llm-01's ollama.env pointing there, and the Ollama stub running as "ollama.service" (behind a stand-in
+for systemd on a private bus). hxd runs on that bus the way systemd would start it (NOTIFY_SOCKET, watchdog); the
+demo then asks it for its status, validates the env file, migrates the store to the canonical layout, validates
+again, runs the smoke tests, audits, and stops it. The Ollama account is the current user's, so no root is needed.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main() -> int:
         paths = node_paths(root)
         make_node(paths["canonical"], paths["bulk"], paths["legacy"], paths["env_file"], migrated=False)
         print(f"sandbox node llm-01 (before the alignment) in {root}: the store at {paths['legacy']}")
-        # The seed's first-token latencies, scaled down tenfold so the demo stays quick.
+        # llm-01's first-token latencies (docs/node-layout.md, "Models and measurements"), a tenth as long.
         behaviour = {
             "models": {
                 "*": {"token_rate": 200, "tokens": 16, "load_delay": 0.2},

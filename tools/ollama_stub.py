@@ -8,8 +8,8 @@ gigabytes of weights. Real Ollama cannot be installed here, so this file is the 
 file that uses only the Python 3.11 standard library, because it is copied into bare containers that only have
 ``python3``.
 
-Every behaviour follows ``shared/reference/ollama.md``, which describes ``github.com/ollama/ollama`` at commit
-``fb30760996871fa9460115c753afd2c60d4ab0f7``. Where the reference is silent, the code was read at that same commit;
+Every behaviour follows ``docs/ollama.md``, which describes ``github.com/ollama/ollama`` at commit
+``fb30760996871fa9460115c753afd2c60d4ab0f7``. Where that page is silent, the code was read at that same commit;
 those places name the Go function they copy.
 
 What the stub does like the real server:
@@ -90,7 +90,7 @@ from pathlib import Path
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
-DEFAULT_VERSION: Final = "0.33.0-rc2"  # newest tag at the reference commit
+DEFAULT_VERSION: Final = "0.33.0-rc2"  # newest tag at the commit docs/ollama.md describes
 DEFAULT_HOST: Final = "registry.ollama.ai"
 DEFAULT_NAMESPACE: Final = "library"
 DEFAULT_TAG: Final = "latest"

@@ -1,10 +1,11 @@
 """Ownership and permission audit of everything hxd manages, and the repairs that are safe to make (``--fix``).
 
 The trees are the configured paths: the model store (``paths.canonical``, ``paths.bulk``, ``paths.legacy``),
-Ollama's env file and hxd's own ``paths.log_dir`` and ``paths.state_dir``. The expected state is the seed's:
-model storage ``ollama:ollama``, the env file ``root:<ollama group>`` 0640, nothing world-writable. hxd's own
-directories belong to the ``hxd`` account (``units/sysusers.d/hxd.conf``, which systemd's ``StateDirectory=`` and
-``LogsDirectory=`` give them to) or root; on a system without that account, to the account running the audit.
+Ollama's env file and hxd's own ``paths.log_dir`` and ``paths.state_dir``. The expected state is the seed nodes'
+(docs/node-layout.md): model storage ``ollama:ollama``, the env file ``root:<ollama group>`` 0640, nothing
+world-writable. hxd's own directories belong to the ``hxd`` account (``units/sysusers.d/hxd.conf``, which systemd's
+``StateDirectory=`` and ``LogsDirectory=`` give them to) or root; on a system without that account, to the account
+running the audit.
 
 Each finding has a stable code (HX2xx), a severity, the path, a one-line message and a fix hint. Codes are a
 contract for scripts and never change meaning:

@@ -2,7 +2,7 @@
 
 Strict because a typo in a daemon's config that is silently ignored is worse than a daemon that refuses to start:
 unknown keys and bad values are errors that name the key. The defaults reproduce the layout of the seed nodes
-(llm-01), so an empty file is a working configuration on such a node.
+(llm-01; docs/node-layout.md), so an empty file is a working configuration on such a node.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Ollama model references, parsed with Ollama's own rules (``types/model/name.go``).
 
 ``llama3.2:3b`` means ``registry.ollama.ai/library/llama3.2:3b``, stored at
-``manifests/registry.ollama.ai/library/llama3.2/3b``. The seed's ops convention ``name@sha256:PREFIX`` is not an
-Ollama name (the server answers 400 "invalid model name"), so hxd reads the suffix as a *pin*: a check that the
-manifest's digest starts with PREFIX. The pin is stripped before a name is ever sent to Ollama (``api_name``).
+``manifests/registry.ollama.ai/library/llama3.2/3b`` (docs/ollama.md, "Model names"). The seed nodes' convention
+``name@sha256:PREFIX`` (docs/node-layout.md) is not an Ollama name (the server answers 400 "invalid model name"),
+so hxd reads the suffix as a *pin*: a check that the manifest's digest starts with PREFIX. The pin is stripped
+before a name is ever sent to Ollama (``api_name``).
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ class Generation:
 
     @property
     def tokens_per_sec(self) -> float | None:
-        """``eval_count / eval_duration``, as the reference defines it (§3.5)."""
+        """``eval_count / eval_duration``, as Ollama defines it (docs/ollama.md, "POST /api/generate")."""
         return self.eval_count / self.eval_sec if self.eval_count and self.eval_sec else None
 
 

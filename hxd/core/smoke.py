@@ -1,11 +1,12 @@
 """Nightly smoke tests against Ollama: first-token latency per model, a concurrency check, regressions.
 
-The seed measured first-token latency by hand (llama3.2:3b 1.64 s, qwen3:1.7b 1.98 s, mistral-small3.2 5.44 s) and
-ran "4 concurrent requests" once; hxd does it every night and keeps the numbers. For each model: Ollama's load request
-first, so the number measures the model and not the disk, then a short fixed prompt with ``num_predict`` and
-temperature 0 (the same tokens every night, so tokens/s compare), timed to the first chunk with text
-(shared/reference/ollama.md §3.5). Then ``concurrency`` requests at once to the first model that passed. A failed
-request is a result with a reason; only cancellation ends a run early, and then nothing is written.
+The seed nodes' operators measured first-token latency by hand (llama3.2:3b 1.64 s, qwen3:1.7b 1.98 s,
+mistral-small3.2 5.44 s; docs/node-layout.md) and ran "4 concurrent requests" once; hxd does it every night and
+keeps the numbers. For each model: Ollama's load request first, so the number measures the model and not the disk,
+then a short fixed prompt with ``num_predict`` and temperature 0 (the same tokens every night, so tokens/s compare),
+timed to the first chunk with text (docs/ollama.md, "POST /api/generate"). Then ``concurrency`` requests at once to
+the first model that passed. A failed request is a result with a reason; only cancellation ends a run early, and
+then nothing is written.
 
 Results go to ``<log_dir>/perf/nightly-smoke.log`` (a line per model per run, for people) and ``nightly-smoke.jsonl``
 (an object per model per run, for machines and for the regression check: first-token latency above the median of

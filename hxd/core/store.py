@@ -1,6 +1,6 @@
 """Ollama's on-disk model store: manifests four levels deep, content-addressed blobs.
 
-Read-only view used by validation and migration. The facts it relies on (``../shared/reference/ollama.md`` §1):
+Read-only view used by validation and migration. The facts it relies on (docs/ollama.md, "Store layout"):
 a manifest's identity is the sha256 of its bytes (the ``digest`` in ``/api/tags``); each layer names a blob
 ``blobs/sha256-<hex>`` whose content hashes to ``<hex>``; only ``manifests/*/*/*/*`` files count as models.
 """

@@ -1,5 +1,5 @@
 """The NVML sampler against hxd's fake pynvml (and the real one, where no driver is installed): nvidia-smi's header,
-units and rounding from the reference capture, unsupported fields, lost GPUs, NVML unavailable, MIG."""
+units and rounding from a real capture (docs/gpu-telemetry.md), unsupported fields, lost GPUs, NVML unavailable, MIG."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from hxsandbox.fakenvml import MIB, FakeGpu, FakeNvml, h100
 
 pynvml = importlib.import_module("pynvml")
 
-# shared/reference/gpu-telemetry.md §1: header and row of a real H100 (driver 590.48.01), exactly as printed.
+# docs/gpu-telemetry.md, "CSV format": header and row of a real H100 (driver 590.48.01), exactly as printed.
 REFERENCE_HEADER = (
     "timestamp, index, name, uuid, pci.bus_id, driver_version, pstate, temperature.gpu, utilization.gpu [%], "
     "utilization.memory [%], memory.total [MiB], memory.used [MiB], memory.free [MiB], power.draw [W], "
@@ -288,8 +288,9 @@ def test_a_cell_that_would_break_the_line_is_quoted() -> None:
     assert smi.csv_row(dict.fromkeys(smi.NAMES, "[N/A]")) == ", ".join(["[N/A]"] * len(smi.NAMES))
 
 
-def test_the_fake_answers_every_clock_and_ecc_counter_the_reference_lists() -> None:
-    """Reference §2.1: graphics, SM and memory clocks; both ECC error types, volatile and aggregate counters."""
+def test_the_fake_answers_every_clock_and_ecc_counter_the_docs_list() -> None:
+    """docs/gpu-telemetry.md, "NVML calls": graphics, SM and memory clocks; both ECC error types, volatile and
+    aggregate counters."""
     gpu = h100(0)
     gpu.ecc_volatile, gpu.ecc_aggregate = (1, 0), (7, 2)
     nvml = FakeNvml([gpu])

@@ -1,4 +1,4 @@
-"""The validator's rules, on real files and real stores (the seed's own cases first)."""
+"""The validator's rules, on real files and real stores (first the seed nodes' own cases, docs/node-layout.md)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def run(text: str, config: Config, **options: bool) -> Report:
 
 
 def seed(config: Config, digests: dict[str, str]) -> str:
+    """llm-01's env file on a canonical node (docs/node-layout.md, "The environment file")."""
     return sample_env(config.paths.canonical, digests)
 
 

@@ -5,7 +5,7 @@ the stable interface and nvidia-smi's output as not, and a sample costs microsec
 ``pynvml`` is imported on the first sample, not at hxd's start (it is a 6000-line module and most hxd processes,
 hxctl among them, never sample), and is a parameter so tests and benchmarks pass a fake (hxsandbox.fakenvml).
 
-Errors follow shared/reference/gpu-telemetry.md §2.2: a field NVML does not support is nvidia-smi's ``[N/A]``
+Errors follow docs/gpu-telemetry.md, "NVML errors": a field NVML does not support is nvidia-smi's ``[N/A]``
 (other per-field errors get nvidia-smi's other tokens); a GPU that is lost is skipped for the sample and listed in
 ``Sample.lost``; an NVML that cannot start or stops working raises ``Unavailable`` and is initialized again on the
 next sample. Not thread-safe: one sample at a time (``Telemetry`` serializes them).

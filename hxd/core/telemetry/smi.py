@@ -1,7 +1,7 @@
 """GPU facts spelled the way ``nvidia-smi --query-gpu=... --format=csv`` spells them.
 
 The CSV log replaces a cron'd nvidia-smi, so its header, units, rounding and absent-value tokens are nvidia-smi's
-(shared/reference/gpu-telemetry.md §1, byte-verified against a live H100 by nvidia_gpu_exporter): existing
+(docs/gpu-telemetry.md, "CSV format" and "Absent values", nvidia_gpu_exporter's byte-verified spelling): existing
 parsers keep working and ``tools/gpu-check`` can compare the two cell by cell. One deliberate difference: the
 ``timestamp`` is UTC ISO-8601 (``2026-07-14T08:12:53Z``), since nvidia-smi's zoneless local time is ambiguous.
 """

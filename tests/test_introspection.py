@@ -59,8 +59,8 @@ def test_live_introspection_matches_the_shipped_xml(bus: PrivateBus, start_hxd: 
     assert set(shipped) == {names.MANAGER_INTERFACE, names.JOB_INTERFACE}
     live = introspect(bus.address, names.MANAGER_PATH)
     assert live == {names.MANAGER_INTERFACE: shipped[names.MANAGER_INTERFACE]}
-    # A job to look at: a rollback with nothing to roll back fails at once and stays on the bus.
-    [job] = call_manager(bus.address, "Rollback", "a{sv}", "0")
+    # A job to look at: a smoke run with no Ollama to ask fails soon and stays on the bus.
+    [job] = call_manager(bus.address, "RunSmoke", "a{sv}", "0")
     assert introspect(bus.address, job) == {names.JOB_INTERFACE: shipped[names.JOB_INTERFACE]}
 
 

@@ -27,10 +27,11 @@ BIN = Path(sys.executable).parent
 
 
 def show(command: list[str], ok: tuple[int, ...] = (0,)) -> None:
-    """Run and print a command; an exit status outside ``ok`` ends the demo."""
+    """Run and print a command, its stdout and stderr through one pipe so that they keep their order; an exit status
+    outside ``ok`` ends the demo."""
     print(f"\n$ {shlex.join(command)}", flush=True)
-    result = subprocess.run(command, text=True, capture_output=True)
-    print((result.stdout + result.stderr).rstrip())
+    result = subprocess.run(command, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    print(result.stdout.rstrip())
     if result.returncode not in ok:
         raise SystemExit(f"demo: the command above failed with exit status {result.returncode}")
 

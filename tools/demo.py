@@ -4,7 +4,9 @@ The sandbox is llm-01 before the alignment: the sample models in a real director
 ollama.env pointing there, and the Ollama stub running as "ollama.service" (behind a stand-in for systemd on a
 private bus). hxd runs on that bus the way systemd would start it (NOTIFY_SOCKET, watchdog); the demo then asks it
 for its status, validates the env file, migrates the store to the canonical layout, validates again, runs the
-smoke tests, audits, and stops it. The Ollama account is the current user's, so no root is needed.
+smoke tests, audits, and stops it. The Ollama account is the current user's, and a polkit stand-in on the private bus
+allows hxd's actions to every caller, so no root is needed (the real polkitd and the shipped policy are checked by
+tools/e2e).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from hxd.bus import names
+from hxsandbox.polkit import HXD_ACTIONS, MockPolkit
 from hxsandbox.samplestore import make_node
 from hxsandbox.systemd import MockSystemd, OllamaService
 from hxsandbox.world import HxdProcess, NotifySocket, PrivateBus, free_port, node_paths, write_config
@@ -67,8 +70,16 @@ def main() -> int:
         ollama = OllamaService(paths["env_file"], root, port, behaviour=behaviour)
         ollama.start("ollama.service")
         try:
-            with PrivateBus(root) as bus, MockSystemd(bus.address, ollama), NotifySocket(root / "notify") as notify:
+            with (
+                PrivateBus(root) as bus,
+                MockSystemd(bus.address, ollama),
+                MockPolkit(bus.address) as polkit,
+                NotifySocket(root / "notify") as notify,
+            ):
+                polkit.authority.allowed = set(HXD_ACTIONS)
                 print(f"private bus: {bus.address}; ollama.service: the Ollama stub on {ollama.url}")
+                print("authorization: a stand-in for polkit on the private bus allows hxd's actions to every caller")
+                print("  (the real polkitd with the shipped policy is tested in a booted Debian 12 by tools/e2e)")
                 with HxdProcess(bus.address, config, notify, watchdog_usec=30_000_000) as hxd:
                     hxd.start()
                     print(f"hxd ready after {hxd.wait_ready() * 1000:.0f} ms (READY=1 on NOTIFY_SOCKET)")

@@ -2,6 +2,8 @@
 #   make demo   - venv, private bus, hxd on a sandbox config, hxctl status, clean stop
 #   make test   - venv and the whole test suite
 # `make deps` installs the Debian packages both need (run as root).
+#   make sandbox - the demo's node and hxd left running to try hxctl, busctl and curl on (it prints what to
+#                  export); Ctrl-C stops it all and removes it
 #   make deb    - dist/hxd_<version>_<arch>.deb with debhelper, checked by lintian (packaging/README.md)
 #   make e2e    - the .deb installed and booted in a Debian 12 container (tools/e2e; root, `make deps-e2e`)
 
@@ -14,7 +16,7 @@ DEB_PACKAGES := dbus python3-venv make systemd util-linux rsync
 DEB_BUILD_PACKAGES := debhelper dpkg-dev git lintian python3-pip python3.11-venv \
 	mmdebstrap debian-archive-keyring mount systemd-container util-linux
 
-.PHONY: deps venv demo test lint lock bench clean deps-e2e deb e2e
+.PHONY: deps venv demo sandbox test lint lock bench clean deps-e2e deb e2e
 
 deps:
 	apt-get update
@@ -38,6 +40,9 @@ venv: $(BIN)/.installed
 
 demo: venv
 	$(BIN)/python tools/demo.py
+
+sandbox: venv
+	$(BIN)/python tools/demo.py --keep
 
 # The tests need root (they switch users with setpriv and create the hxd account, as the package does).
 test: lint

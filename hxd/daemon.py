@@ -332,6 +332,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_result(path: Path) -> str:
+    """check-config's verdict on a config that loaded: a valid file, or no file at all (only the default path may be
+    absent), which is other news: none of the operator's settings apply."""
+    if path.exists():
+        return "configuration is valid"
+    return "no such file; the defaults are in force (hxd dump-config shows them)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     hxd_log.configure(args.log_format, args.log_level)
@@ -342,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hxd: {exc}", file=sys.stderr)
         return 1
     if args.command == "check-config":
-        print(f"hxd: {config_path}: configuration is valid")
+        print(f"hxd: {config_path}: {_check_result(config_path)}")
         return 0
     if args.command == "dump-config":
         sys.stdout.write(dump_config(config))

@@ -14,6 +14,7 @@ from dbus_fast import Variant
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface, dbus_method
 
+from hxd.bus import names
 from hxsandbox.world import BusService
 
 Subject = Annotated[tuple[str, dict[str, Variant]], DBusSignature("(sa{sv})")]
@@ -21,6 +22,9 @@ Details = Annotated[dict[str, str], DBusSignature("a{ss}")]
 AuthResult = Annotated[tuple[bool, bool, dict[str, str]], DBusSignature("(bba{ss})")]
 Str = Annotated[str, DBusSignature("s")]
 UInt = Annotated[int, DBusSignature("u")]
+
+# Every polkit action hxd checks (names.ACTION_*): what the demo's stand-in allows, what the shipped policy must define.
+HXD_ACTIONS = frozenset(value for key, value in vars(names).items() if key.startswith("ACTION_"))
 
 
 class Authority(ServiceInterface):

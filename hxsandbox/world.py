@@ -1,7 +1,8 @@
 """A throwaway world for hxd: a private dbus-daemon, a NOTIFY_SOCKET, and hxd on a config under one directory.
 
 ``make demo``, the benchmarks and the tests all run hxd this way, so what the demo shows is what the tests check.
-Nothing here touches the system bus or system paths.
+Nothing here touches the system bus or system paths. Each process starts in a process group of its own: a Ctrl-C at
+the terminal reaches only the harness, which then stops them in order (hxd before the bus it is on).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class PrivateBus:
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            process_group=0,
         )
         assert self._process.stdout is not None
         ready, _, _ = select.select([self._process.stdout], [], [], 10)
@@ -148,6 +150,7 @@ class HxdProcess:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                process_group=0,
             )
         return self
 
@@ -247,7 +250,9 @@ class OllamaStub:
             argv += ["--port", "0", "--models", str(self.models)]
         clean = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
         with self.stderr.open("wb") as err:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env={**clean, **(env or {})})
+            self.proc = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=err, env={**clean, **(env or {})}, process_group=0
+            )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 10)
         line = self.proc.stdout.readline().decode() if ready else ""

@@ -48,20 +48,29 @@ def quiet_core_logs() -> None:
     hxd_log.configure("console", "warning")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def checkout_traversable() -> Iterator[None]:
-    """Let other accounts reach this checkout while the tests run (o+x on each ancestor that lacks it), so that
-    tests which run hxctl as ``nobody`` can import hxd from it even when it was cloned under ``mktemp -d`` (0700).
-    Only the search bit is added, never read; every mode is put back afterwards."""
+@contextmanager
+def traversable_by_others(path: Path) -> Iterator[None]:
+    """Let other accounts reach ``path`` (o+x on each ancestor that lacks it). Only the search bit is added, never
+    read; every mode is put back afterwards."""
     changed: list[tuple[Path, int]] = []
-    for directory in Path(__file__).resolve().parents:
+    for directory in path.parents:
         mode = directory.stat().st_mode
         if not mode & stat.S_IXOTH:
             changed.append((directory, stat.S_IMODE(mode)))
             directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
-    yield
-    for directory, mode in changed:
-        directory.chmod(mode)
+    try:
+        yield
+    finally:
+        for directory, mode in changed:
+            directory.chmod(mode)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_traversable() -> Iterator[None]:
+    """Let other accounts reach this checkout while the tests run, so that tests which run hxctl as ``nobody`` can
+    import hxd from it even when it was cloned under ``mktemp -d`` (0700)."""
+    with traversable_by_others(Path(__file__).resolve()):
+        yield
 
 
 @pytest.fixture(scope="session")

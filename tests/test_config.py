@@ -105,6 +105,18 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_check_config_says_when_the_default_file_is_missing(tmp_path: Path) -> None:
+    """No config file is valid (hxd runs on the defaults), but it is not a valid file: check-config says which."""
+    absent = tmp_path / "hxd.toml"
+    code = "import sys, pathlib, hxd.daemon as d; d.DEFAULT_CONFIG_PATH = pathlib.Path(sys.argv[1]); "
+    code += "sys.exit(d.main(['check-config']))"  # the default path, without touching /etc/hxd
+    result = subprocess.run([sys.executable, "-c", code, str(absent)], capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout.strip()) == (
+        0,
+        f"hxd: {absent}: no such file; the defaults are in force (hxd dump-config shows them)",
+    )
+
+
 def test_dump_config_prints_the_effective_config(tmp_path: Path) -> None:
     config = tmp_path / "hxd.toml"
     config.write_text("[telemetry]\ninterval_sec = 60\n")

@@ -79,7 +79,7 @@ def test_a_scrape_starts_hxd_and_gets_metrics(activated: tuple[str, NotifySocket
     assert values[("hxd_feature_available", (("feature", "migrate"),))] == 1
     assert ("hxd_telemetry_up", ()) in values  # GPU samples join hxd's own state on the same page
     assert ("hxd_timer_next_run_timestamp_seconds", (("timer", "smoke"),)) in values
-    assert values[("hxd_path_writable", (("path", "canonical"),))] == 1
+    assert ("hxd_path_writable", (("path", "canonical"),)) in values
 
 
 def test_errors_and_other_paths(activated: tuple[str, NotifySocket, subprocess.Popen[bytes]]) -> None:
@@ -112,20 +112,30 @@ def test_metrics_listen_on_a_busy_port_fails_start(start_hxd: StartHxd) -> None:
     assert "cannot listen for /metrics" in hxd.log()
 
 
-def test_read_only_path_is_reported(bus: PrivateBus, start_hxd: StartHxd, tmp_path: Path) -> None:
-    """A configured path on a read-only mount (as outside ReadWritePaths= under the unit) shows in Status()."""
-    mount = tmp_path / "ro"
+def test_path_states_and_hxd_path_writable(bus: PrivateBus, start_hxd: StartHxd, tmp_path: Path) -> None:
+    """Each configured path shows in Status() as ok, missing (and whether hxd could create it) or why hxd cannot write
+    it (a read-only mount, as outside ReadWritePaths= under the unit); hxd_path_writable is 1 only for ok, as its
+    HELP says: a missing path is not one hxd can write yet."""
+    mount, store = tmp_path / "ro", tmp_path / "store"
     mount.mkdir()
+    store.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], check=True)
     try:
         port = free_port()
-        start_hxd(f'[metrics]\nlisten = "127.0.0.1:{port}"\n', paths={"bulk": mount / "bulk"})
+        layout = {"canonical": store, "bulk": mount / "bulk", "legacy": mount / "production"}
+        start_hxd(f'[metrics]\nlisten = "127.0.0.1:{port}"\n', paths=layout)
         paths = status(bus.address)["paths"]
-        assert paths["bulk"].startswith(f"read-only here ({mount} is on a read-only mount): add it to ReadWritePaths=")
-        assert paths["canonical"] == f"ok (missing; hxd can create it under {tmp_path / 'hxd0'})"
-        _, text = scrape(f"http://127.0.0.1:{port}/metrics")
-        assert samples(text)[("hxd_path_writable", (("path", "bulk"),))] == 0
-        assert samples(text)[("hxd_path_writable", (("path", "canonical"),))] == 1
+        read_only = f"read-only here ({mount} is on a read-only mount): add it to ReadWritePaths="
+        assert paths["canonical"] == "ok"
+        assert paths["legacy"].startswith(read_only)  # legacy's directory: the mount itself
+        assert paths["bulk"].startswith(f"missing; hxd cannot create it: {read_only}")
+        assert paths["log_dir"] == f"missing; hxd can create it under {tmp_path / 'hxd0'}"
+        writable = {
+            labels[0][1]: value
+            for (name, labels), value in samples(scrape(f"http://127.0.0.1:{port}/metrics")[1]).items()
+            if name == "hxd_path_writable"
+        }
+        assert writable == {"canonical": 1, "bulk": 0, "legacy": 0, "env_file": 0, "log_dir": 0, "state_dir": 0}
     finally:
         subprocess.run(["umount", str(mount)], check=True)
 

@@ -40,8 +40,8 @@ def render(status: Status, extra: Sequence[str] = ()) -> str:
         ),
         *family(
             "hxd_path_writable",
-            "1 when a configured path exists and hxd can write it, 0 otherwise (see hxctl status).",
-            [({"path": name}, float(state.startswith("ok"))) for name, state in status.paths.items()],
+            "1 when a configured path exists and hxd can write it; 0 when it is missing or unwritable (hxctl status).",
+            [({"path": name}, float(state == "ok")) for name, state in status.paths.items()],
         ),
         *_findings("hxd_validation_findings", "Findings of the last validation, by severity.", status.last_validation),
         *_findings("hxd_audit_findings", "Findings of the last audit, by severity.", status.last_audit),

@@ -36,20 +36,29 @@ def nearest_existing(path: Path) -> Path:
 
 
 def path_state(path: Path) -> str:
-    """Starts with ``ok`` when hxd can write ``path`` (or create it); otherwise says why not.
+    """``ok`` when ``path`` exists and hxd can write it; ``missing; ...`` when it does not, saying whether hxd could
+    create it (a store that is not there yet must not read as ``ok``); otherwise why hxd cannot write it.
 
     A missing path is checked on its nearest existing ancestor, since that is where hxd would create it.
     """
     existing = nearest_existing(path)
+    problem = _write_problem(existing)
+    if existing == path:
+        return problem or "ok"
+    return f"missing; hxd cannot create it: {problem}" if problem else f"missing; hxd can create it under {existing}"
+
+
+def _write_problem(path: Path) -> str:
+    """Why hxd cannot write the existing ``path`` from inside its sandbox; empty when it can."""
     try:
-        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError as exc:
-        return f"cannot check {existing}: {exc.strerror}"
+        return f"cannot check {path}: {exc.strerror}"
     if read_only:
-        return f"read-only here ({existing} is on a read-only mount): {DROP_IN_HINT}"
-    if not os.access(existing, os.W_OK, effective_ids=True):  # with hxd's capabilities, as the unit grants them
-        return f"not writable by hxd ({existing})"
-    return "ok" if existing == path else f"ok (missing; hxd can create it under {existing})"
+        return f"read-only here ({path} is on a read-only mount): {DROP_IN_HINT}"
+    if not os.access(path, os.W_OK, effective_ids=True):  # with hxd's capabilities, as the unit grants them
+        return f"not writable by hxd ({path})"
+    return ""
 
 
 def check_paths(config: Config) -> dict[str, str]:

@@ -34,6 +34,7 @@ from hxd.bus.systemd import SystemdController
 from hxd.core.config import DEFAULT_CONFIG_PATH, dump_config, load_config
 from hxd.core.engine import Engine, Timer, stamp_path
 from hxd.core.errors import Busy, HxdError, InvalidConfig
+from hxd.core.features import FeatureState
 from hxd.core.jobs import JobSummary
 from hxd.core.metrics import render
 from hxd.core.schedule import Calendar, Interval, write_stamp
@@ -128,8 +129,8 @@ class Daemon:
             config=str(self.engine.config_path),
             metrics=_socket_name(metrics_socket),
         )
-        if self.engine.features["migrate"] != "ready":
-            log.warning("an interrupted migration needs attention", detail=self.engine.features["migrate"])
+        if (migrate := self.engine.features["migrate"]).state != FeatureState.OK:
+            log.warning("an interrupted migration needs attention", detail=migrate.detail)
         disconnected = asyncio.create_task(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
         stopping = asyncio.create_task(self.stop.wait())
         await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -42,10 +42,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def quiet_core_logs() -> None:
-    """The core logs through structlog, whose loggers keep the configuration of their first use: configure it as
-    hxctl does (warnings, to stderr) before any test uses the core in this process, so tests that read hxctl's
-    stdout in-process see only hxctl's output."""
-    hxd_log.configure("console", "warning")
+    """The core logs through structlog, whose loggers keep the configuration of their first use: send every level
+    to stderr, as hxctl does, before any test uses the core in this process, so tests that read hxctl's stdout
+    in-process see only hxctl's output (and tests that capture log events still see them all)."""
+    hxd_log.configure("console", "debug")
 
 
 @contextmanager

@@ -31,6 +31,15 @@ def test_status_over_busctl(bus: PrivateBus, start_hxd: StartHxd) -> None:
     assert reply["config_path"] == str(hxd.config)
     assert 0 < reply["uptime_sec"] < 60
     assert set(reply["features"]) == {"validate", "migrate", "telemetry", "smoke", "audit"}
+    # Nothing ran yet, so nothing is called ok: the checks say unchecked, a fresh node's migrate ok.
+    assert reply["features"] | {"telemetry": "-"} == {
+        "validate": "unchecked",
+        "migrate": "ok",
+        "telemetry": "-",
+        "smoke": "unchecked",
+        "audit": "unchecked",
+    }
+    assert reply["feature_details"]["validate"] == "not run since hxd started"
     assert set(reply["timers"]) == {"telemetry", "smoke", "audit"}
     assert reply["timers"]["smoke"].endswith("Z")
 
@@ -38,7 +47,7 @@ def test_status_over_busctl(bus: PrivateBus, start_hxd: StartHxd) -> None:
 def test_properties_carry_the_same_facts(bus: PrivateBus, start_hxd: StartHxd) -> None:
     start_hxd()
     # The first GPU sample runs at start and changes the telemetry feature's state: wait for it to settle.
-    wait_until(lambda: not status(bus.address)["features"]["telemetry"].startswith("waiting"))
+    wait_until(lambda: status(bus.address)["features"]["telemetry"] != "unchecked")
     reply = status(bus.address)
     for prop, key in [
         ("Version", "version"),
@@ -47,6 +56,7 @@ def test_properties_carry_the_same_facts(bus: PrivateBus, start_hxd: StartHxd) -
         ("ConfigPath", "config_path"),
         ("StartTime", "start_time"),
         ("Features", "features"),
+        ("FeatureDetails", "feature_details"),
         ("Timers", "timers"),
     ]:
         result = busctl(

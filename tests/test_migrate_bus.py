@@ -105,7 +105,7 @@ def test_migrate_over_the_bus(bus: PrivateBus, start_hxd: StartHxd, node: Config
     assert readable_models(node.paths.canonical) == before
     assert ollama.calls[-2:] == ["stop ollama.service", "start ollama.service"]
     status = call_manager(bus.address, "Status")[0]
-    assert status["features"]["data"]["migrate"] == "ready"
+    assert status["features"]["data"]["migrate"] == "ok"
     assert status["jobs"]["data"][path] == f"migrate completed: {finished[1]}"
     _, _, _, done = follow(bus.address, "Rollback", {})
     assert done[0] == "completed" and done[1].startswith("rolled back") and not node.paths.legacy.is_symlink()
@@ -145,15 +145,17 @@ def test_an_interrupted_migration_is_reported_and_resumed(
     with pytest.raises(Exception, match="cancelled"):
         run_migration(Migration(node, ollama, control))
     start_on_node(start_hxd, node)
-    feature = call_manager(bus.address, "Status")[0]["features"]["data"]["migrate"]
-    assert feature.startswith("migration ") and "interrupted (copying): run `hxctl migrate --resume`" in feature
+    reply = call_manager(bus.address, "Status")[0]
+    assert reply["features"]["data"]["migrate"] == "interrupted"
+    detail = reply["feature_details"]["data"]["migrate"]
+    assert detail.startswith("migration ") and "interrupted (copying): run `hxctl migrate --resume`" in detail
     refused = hxctl("--bus", bus.address, "migrate")  # before any job exists: Error.Refused, exit 5
     assert refused.returncode == 5 and refused.stderr.strip().endswith(
         "was interrupted (copying): run hxctl migrate --resume, or hxctl rollback [Refused]"
     ), refused
     _, _, _, finished = follow(bus.address, "Migrate", {"resume": Variant("b", True)})
     assert finished[0] == "completed" and finished[1].startswith("committed")
-    assert call_manager(bus.address, "Status")[0]["features"]["data"]["migrate"] == "ready"
+    assert call_manager(bus.address, "Status")[0]["features"]["data"]["migrate"] == "ok"
 
 
 def test_plan_refusals_reach_the_caller(bus: PrivateBus, start_hxd: StartHxd, node: Config) -> None:

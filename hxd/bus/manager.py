@@ -44,6 +44,7 @@ MIGRATE_PATHS = {"source": "s", "canonical": "s", "bulk": "s", "legacy": "s", "e
 # Status() keys that are not strings -> their D-Bus signature.
 _STATUS_SIGNATURES = {
     "features": "a{ss}",
+    "feature_details": "a{ss}",
     "timers": "a{ss}",
     "paths": "a{ss}",
     "jobs": "a{ss}",
@@ -59,6 +60,7 @@ _PROPERTIES = {
     "state_message": "StateMessage",
     "start_time": "StartTime",
     "features": "Features",
+    "feature_details": "FeatureDetails",
     "timers": "Timers",
     "paths": "Paths",
     "jobs": "Jobs",
@@ -95,7 +97,8 @@ class Manager(HxdInterface):
             "state": status.state,
             "state_message": status.state_message,
             "start_time": iso(status.start_time),
-            "features": status.features,
+            "features": {name: str(state) for name, state in status.features.items()},
+            "feature_details": status.feature_details,
             "timers": {name: iso(when) for name, when in status.timers.items()},
             "paths": status.paths,
             "jobs": {path: job.text for path, job in status.jobs.items()},
@@ -240,6 +243,10 @@ class Manager(HxdInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Features(self) -> StrMap:
         return dict(self._values()["features"])
+
+    @dbus_property(access=PropertyAccess.READ)
+    def FeatureDetails(self) -> StrMap:
+        return dict(self._values()["feature_details"])
 
     @dbus_property(access=PropertyAccess.READ)
     def Timers(self) -> StrMap:

@@ -134,7 +134,7 @@ def _row(answer: dict[str, Any]) -> dict[str, Any]:
         return {"error": answer["error"]}
     status = answer.get("hxd", {})
     smoke = status.get("last_smoke", {}).get("models", {})
-    audit, validation = status.get("last_audit", {}), status.get("features", {}).get("validate", "")
+    audit, features = status.get("last_audit", {}), status.get("features", {})
     slowest = max((m.get("first_token_sec", 0.0) for m in smoke.values()), default=None)
     return {
         "version": answer.get("version", "?"),
@@ -143,9 +143,9 @@ def _row(answer: dict[str, Any]) -> dict[str, Any]:
         "ollama": answer.get("ollama_unit", "?"),
         "models": len(answer.get("models", {})),
         "smoke_first_token_max_sec": slowest,
-        "telemetry": status.get("features", {}).get("telemetry", "?").split(" (", 1)[0],
+        "telemetry": features.get("telemetry", "?"),
         "audit_errors": audit.get("errors"),
-        "validate": validation.split(": ", 2)[-1].rstrip(")") if "last run" in validation else validation or "?",
+        "validate": features.get("validate", "?"),
     }
 
 

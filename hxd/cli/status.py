@@ -41,7 +41,10 @@ def _print(status: dict[str, Any]) -> None:
     offline = status["state"] == "offline"
     if not offline:
         print(f"  started    {status['start_time']} (up {_duration(status['uptime_sec'])})")
-    _table("features", status["features"])
+    details = status.get("feature_details", {})
+    _table(
+        "features", {name: f"{state}  {details.get(name, '')}".rstrip() for name, state in status["features"].items()}
+    )
     _table("paths", status["paths"])
     if not offline:  # timers run only in the daemon
         _table("next runs", status["timers"])

@@ -22,6 +22,7 @@ from hxd.core.audit import AuditResult, run_audit
 from hxd.core.config import Config, load_config
 from hxd.core.envfile import read_envfile, read_envfile_fd
 from hxd.core.errors import InvalidConfig
+from hxd.core.features import FEATURES, Feature, FeatureState
 from hxd.core.jobs import JobControl, JobSummary
 from hxd.core.migrate.plan import Plan
 from hxd.core.migrate.runner import Migration, interrupted
@@ -46,6 +47,7 @@ FACTS = (
     "state_message",
     "start_time",
     "features",
+    "feature_details",
     "timers",
     "paths",
     "jobs",
@@ -94,7 +96,8 @@ class Status:
     config_path: str
     start_time: datetime
     uptime_sec: float
-    features: dict[str, str]
+    features: dict[str, FeatureState]
+    feature_details: dict[str, str]
     timers: dict[str, datetime]
     paths: dict[str, str]
     jobs: dict[str, JobSummary]
@@ -113,8 +116,8 @@ class Engine:
     config_error: str = ""
     start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
     started_monotonic: float = field(default_factory=time.monotonic)
-    features: dict[str, str] = field(
-        default_factory=lambda: dict.fromkeys(("validate", "migrate", "telemetry", "smoke", "audit"), "ready")
+    features: dict[str, Feature] = field(
+        default_factory=lambda: dict.fromkeys(FEATURES, Feature(FeatureState.UNCHECKED, "not run since hxd started"))
     )
     timers: dict[str, Timer] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
@@ -139,18 +142,24 @@ class Engine:
 
     def record_telemetry(self) -> None:
         """Show telemetry's state (after each sample, on the event loop: observers emit signals)."""
-        enabled = self.config.telemetry.enabled
-        state = self.telemetry.state if enabled else "disabled (telemetry.enabled = false)"
-        if state != self.features.get("telemetry"):
-            self.features["telemetry"] = state
-            self.notify("features", "telemetry")
+        disabled = Feature(FeatureState.DISABLED, "telemetry.enabled = false")
+        if self._set_feature("telemetry", self.telemetry.feature if self.config.telemetry.enabled else disabled):
+            self.notify("telemetry")
 
     def refresh_migration(self) -> None:
         """The migrate feature's state from the journal: an interrupted migration says what to run."""
-        state = interrupted(self.config.paths.state_dir) or "ready"
-        if state != self.features.get("migrate"):
-            self.features["migrate"] = state
-            self.notify("features")
+        problem = interrupted(self.config.paths.state_dir)
+        self._set_feature(
+            "migrate", Feature(FeatureState.INTERRUPTED, problem) if problem else Feature(FeatureState.OK)
+        )
+
+    def _set_feature(self, name: str, feature: Feature) -> bool:
+        """Change a feature's state and tell the observers; False when it was already so."""
+        if self.features.get(name) == feature:
+            return False
+        self.features[name] = feature
+        self.notify("features")
+        return True
 
     def set_jobs(self, jobs: dict[str, JobSummary]) -> None:
         if jobs != self.jobs:
@@ -215,10 +224,9 @@ class Engine:
         """Show the last validation in the feature state; called on the event loop, since observers emit signals."""
         now = iso(datetime.now(UTC))
         self.last_validation = {"time": now, "file": report.file, "errors": report.errors, "warnings": report.warnings}
-        self.features["validate"] = (
-            f"ready (last run {now}: {report.file}: {report.errors} errors, {report.warnings} warnings)"
-        )
-        self.notify("features")
+        state = FeatureState.PROBLEMS if report.errors else FeatureState.OK
+        detail = f"last run {now}: {report.file}: {report.errors} errors, {report.warnings} warnings"
+        self._set_feature("validate", Feature(state, detail))
 
     # --- jobs: each takes the node's lock first (Busy when another process or job holds it), then runs in a
     # worker thread of the runner. Blocking (lock files, plans, journals): the daemon calls these in a thread.
@@ -243,11 +251,11 @@ class Engine:
         summary = result.summary()
         self.last_audit = {"time": now, **summary}
         made = f", {summary['changes']} changes made" if result.changes else ""
-        self.features["audit"] = (
-            f"ready (last run {now}: {summary['errors']} errors, {summary['warnings']} warnings{made})"
-        )
+        state = FeatureState.PROBLEMS if summary["errors"] else FeatureState.OK
+        detail = f"last run {now}: {summary['errors']} errors, {summary['warnings']} warnings{made}"
         log.info("audit finished", **summary)
-        self.notify("features", "last_audit")
+        self._set_feature("audit", Feature(state, detail))
+        self.notify("last_audit")
 
     def smoke(self, models: list[ModelRef] | None) -> Job:
         """Run the smoke tests (``models``, else the configured ones); one smoke run at a time on the node."""
@@ -313,7 +321,8 @@ class Engine:
 
     def record_smoke(self, run: SmokeRun) -> None:
         self.last_smoke = run.summary()
-        self.features["smoke"] = f"ready (last run {iso(run.time)}: {run.describe()})"
+        state = FeatureState.OK if run.ok else FeatureState.PROBLEMS
+        self._set_feature("smoke", Feature(state, f"last run {iso(run.time)}: {run.describe()}"))
         for m in run.models:
             if not m.ok:
                 log.warning("smoke test failed", model=m.name or m.model, failure=m.failure, reason=m.reason)
@@ -325,7 +334,7 @@ class Engine:
                     median7_sec=m.baseline_sec,
                 )
         log.info("smoke run finished", summary=run.describe())
-        self.notify("features", "last_smoke")
+        self.notify("last_smoke")
 
     def uptime_sec(self) -> float:
         return time.monotonic() - self.started_monotonic
@@ -339,7 +348,8 @@ class Engine:
             config_path=str(self.config_path),
             start_time=self.start_time,
             uptime_sec=self.uptime_sec(),
-            features=dict(self.features),
+            features={name: feature.state for name, feature in self.features.items()},
+            feature_details={name: feature.detail for name, feature in self.features.items()},
             timers={name: t.next_run for name, t in self.timers.items() if t.next_run is not None},
             paths=dict(self.paths),
             jobs=dict(self.jobs),

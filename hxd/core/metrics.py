@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, TypeGuard
 
 from hxd.core.engine import STATES, Status
+from hxd.core.features import FeatureState
 from hxd.core.promtext import family
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -31,7 +32,16 @@ def render(status: Status, extra: Sequence[str] = ()) -> str:
         *family(
             "hxd_feature_available",
             "1 when the feature works in this hxd, 0 when it is unavailable (see hxctl status).",
-            [({"feature": name}, float(not state.startswith("unavailable"))) for name, state in features],
+            [({"feature": name}, float(state != FeatureState.UNAVAILABLE)) for name, state in features],
+        ),
+        *family(
+            "hxd_feature_state",
+            "Each feature's state (hxctl status explains them): 1 for the current one.",
+            [
+                ({"feature": name, "state": str(each)}, float(each == state))
+                for name, state in features
+                for each in FeatureState
+            ],
         ),
         *family(
             "hxd_timer_next_run_timestamp_seconds",

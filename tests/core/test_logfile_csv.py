@@ -167,13 +167,13 @@ def test_disk_full_is_a_state_and_the_log_recovers_whole(tmpfs: Path) -> None:
         filler = fill(tmpfs)
         for _ in range(3):
             assert telemetry.sample() is not None  # NVML still works; only the log does not
-        assert telemetry.state.startswith(f"disk full: {path}: No space left on device (since ")
-        assert "3 samples not written; 8 GPUs; last sample " in telemetry.state
+        assert str(telemetry.feature).startswith(f"degraded: disk full: {path}: No space left on device (since ")
+        assert "3 samples not written; 8 GPUs; last sample " in str(telemetry.feature)
         assert "hxd_telemetry_log_writable 0.0" in telemetry.metric_lines()
         assert path.read_bytes().endswith(b"\n") and len(rows_of(path)) == 8  # the failed appends were cut back
         filler.unlink()
         telemetry.sample()
-    assert telemetry.state.startswith("ok (8 GPUs; last sample ")
+    assert str(telemetry.feature).startswith("ok: 8 GPUs; last sample ")
     assert len(rows_of(path)) == 16
     events = [entry["event"] for entry in logs]
     assert events == ["cannot append to the GPU log; retrying at every sample", "the GPU log is writable again"]
@@ -185,4 +185,6 @@ def test_a_read_only_log_directory_is_a_state(tmpfs: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     with structlog.testing.capture_logs():
         assert telemetry.sample() is not None
-    assert telemetry.state.startswith(f"cannot write the log: {path.parent}: Read-only file system (since ")
+    assert str(telemetry.feature).startswith(
+        f"degraded: cannot write the log: {path.parent}: Read-only file system (since "
+    )

@@ -55,11 +55,11 @@ def samples(lines: list[str]) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 def test_states_from_start_to_ok(tmp_path: Path) -> None:
     telemetry, _, _ = make(tmp_path, [h100(index) for index in range(8)])
-    assert telemetry.state == "waiting for the first sample" and telemetry.last is None
+    assert str(telemetry.feature) == "unchecked: waiting for the first sample" and telemetry.last is None
     assert telemetry.due(0.0)
     sample = telemetry.sample()
     assert sample is not None and telemetry.last is sample
-    assert re.fullmatch(rf"ok \(8 GPUs; last sample {ISO}\)", telemetry.state)
+    assert re.fullmatch(rf"ok: 8 GPUs; last sample {ISO}", str(telemetry.feature))
 
 
 def test_a_lost_gpu_degrades_the_state_and_is_logged_once(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_a_lost_gpu_degrades_the_state_and_is_logged_once(tmp_path: Path) -> Non
         gpus[3].lost = True
         telemetry.sample()
     assert re.fullmatch(
-        rf"degraded \(7 GPUs; lost GPU 3 {gpus[3].uuid}: GPU is lost; last sample {ISO}\)", telemetry.state
+        rf"degraded: 7 GPUs; lost GPU 3 {gpus[3].uuid}: GPU is lost; last sample {ISO}", str(telemetry.feature)
     )
     events = [entry["event"] for entry in logs]
     assert events == [
@@ -98,8 +98,8 @@ def test_unavailable_is_a_state_with_the_reason_and_the_next_try(tmp_path: Path,
     telemetry, _, _ = make(tmp_path, init_error=code)
     with structlog.testing.capture_logs():
         assert telemetry.sample() is None
-    assert telemetry.state.startswith(f"unavailable: {reason}")
-    assert re.search(rf"\(next try {ISO}\)$", telemetry.state)
+    assert str(telemetry.feature).startswith(f"unavailable: {reason}")
+    assert re.search(rf"\(next try {ISO}\)$", str(telemetry.feature))
     assert not (tmp_path / "gpu").exists()  # nothing to log
 
 
@@ -119,7 +119,7 @@ def test_backoff_doubles_from_one_interval_up_to_an_hour(tmp_path: Path) -> None
         clock.now += 3600
         assert telemetry.due(clock.now) and telemetry.sample() is not None
     assert [entry["event"] for entry in logs] == ["GPU telemetry available again"]
-    assert telemetry.state.startswith("ok (1 GPU; last sample ")
+    assert str(telemetry.feature).startswith("ok: 1 GPU; last sample ")
     clock.now += 300
     assert telemetry.due(clock.now)  # back to every tick
 
@@ -150,7 +150,9 @@ def test_an_unexpected_error_is_a_state_too(tmp_path: Path) -> None:
     fake.nvmlDeviceGetCount = broken  # type: ignore[method-assign]
     with structlog.testing.capture_logs() as logs:
         assert telemetry.sample() is None
-    assert telemetry.state.startswith("unavailable: unexpected RuntimeError while sampling: corrupt install (next")
+    assert str(telemetry.feature).startswith(
+        "unavailable: unexpected RuntimeError while sampling: corrupt install (next"
+    )
     assert logs[0]["exc_info"] is not None and fake.refcount == 0
 
 
@@ -169,23 +171,23 @@ def test_due_is_false_while_an_attempt_hangs(tmp_path: Path) -> None:
     worker.start()
     assert entered.wait(10)
     assert not telemetry.due(1e9)
-    assert telemetry.state == "waiting for the first sample"  # readers never wait for the attempt
+    assert str(telemetry.feature) == "unchecked: waiting for the first sample"  # readers never wait for the attempt
     assert len(telemetry.metric_lines()) > 0
     release.set()
     worker.join(10)
-    assert telemetry.due(1e9) and telemetry.state.startswith("ok")
+    assert telemetry.due(1e9) and str(telemetry.feature).startswith("ok: ")
 
 
 def test_read_now_is_not_logged_and_raises_failed_with_the_reason(tmp_path: Path) -> None:
     telemetry, fake, _ = make(tmp_path)
     assert len(telemetry.read_now().gpus) == 1
     assert not (tmp_path / "gpu").exists()
-    assert telemetry.state.startswith("ok (1 GPU")
+    assert str(telemetry.feature).startswith("ok: 1 GPU")
     telemetry.close()
     fake.init_error = pynvml.NVML_ERROR_DRIVER_NOT_LOADED
     with structlog.testing.capture_logs() as logs, pytest.raises(Unavailable, match=r"^NVML: Driver Not Loaded; "):
         telemetry.read_now()
-    assert telemetry.state.startswith("unavailable: NVML: Driver Not Loaded; ")
+    assert str(telemetry.feature).startswith("unavailable: NVML: Driver Not Loaded; ")
     assert logs == []  # the caller has the error; hxctl --offline prints it once, and nothing on stdout
 
 

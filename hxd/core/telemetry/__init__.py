@@ -21,6 +21,7 @@ from types import ModuleType
 import structlog
 
 from hxd.core.config import Config, TelemetryConfig
+from hxd.core.features import Feature, FeatureState
 from hxd.core.logfile import AppendLog
 from hxd.core.schedule import iso
 from hxd.core.telemetry import smi
@@ -65,7 +66,7 @@ def rows(sample: Sample) -> list[dict[str, str]]:
 class _View:
     """What readers see; replaced whole after each attempt, so the event loop reads it without a lock."""
 
-    state: str
+    feature: Feature
     last: Sample | None = None
     up: bool = False
     log_writable: bool = True
@@ -99,7 +100,7 @@ class Telemetry:
         self._write_error = ""  # why the last append failed; "" when it worked
         self._write_error_since = ""
         self._unwritten = 0
-        self._view = _View("waiting for the first sample")
+        self._view = _View(Feature(FeatureState.UNCHECKED, "waiting for the first sample"))
         self.configure(path, settings)
 
     def configure(self, path: Path, settings: TelemetryConfig) -> None:
@@ -127,10 +128,10 @@ class Telemetry:
         return next_try is None or now >= next_try - self._interval / 2
 
     @property
-    def state(self) -> str:
-        """One line for Status(): ``ok (8 GPUs; last sample <iso>)``, ``degraded (7 GPUs; lost GPU 3 ...; ...)``,
-        ``unavailable: <reason> (next try <iso>)``, ``disk full: <path>: ... (...)``."""
-        return self._view.state
+    def feature(self) -> Feature:
+        """Its state for Status(), with a line: ``ok`` (8 GPUs; last sample <iso>), ``degraded`` (7 GPUs; lost GPU 3
+        ...; or the log cannot be written: <path>: ...), ``unavailable`` (<reason>; next try <iso>)."""
+        return self._view.feature
 
     @property
     def last(self) -> Sample | None:
@@ -229,9 +230,9 @@ class Telemetry:
     def _publish(self, last: Sample | None) -> None:
         up = not self._reason and last is not None
         if self._reason:
-            state = f"unavailable: {self._reason} (next try {iso(self._next_try_wall)})"
+            feature = Feature(FeatureState.UNAVAILABLE, f"{self._reason} (next try {iso(self._next_try_wall)})")
         elif last is None:
-            state = self._view.state
+            feature = self._view.feature
         else:
             summary = "; ".join(
                 [
@@ -242,10 +243,11 @@ class Telemetry:
             )
             if self._write_error:
                 unwritten = f"{self._unwritten} sample{'s' * (self._unwritten != 1)} not written"
-                state = f"{self._write_error} (since {self._write_error_since}, {unwritten}; {summary})"
+                detail = f"{self._write_error} (since {self._write_error_since}, {unwritten}; {summary})"
+                feature = Feature(FeatureState.DEGRADED, detail)
             else:
-                state = f"{'degraded' if last.lost else 'ok'} ({summary})"
-        self._view = _View(state, last, up, not self._write_error)
+                feature = Feature(FeatureState.DEGRADED if last.lost else FeatureState.OK, summary)
+        self._view = _View(feature, last, up, not self._write_error)
 
 
 def _lost(gpu: LostGpu) -> str:

@@ -14,7 +14,7 @@ Each figure is printed with its ratio to a baseline measured in the same run:
   directory, state), vs cron's whole job: ``sh -c '<that nvidia-smi> --format=csv,noheader >> a CSV file'``, or
   ``sh -c 'true >> a CSV file'`` without nvidia-smi.
 - ``metric_lines()`` of 8 GPUs (the GPU part of one /metrics scrape) vs the rest of that page:
-  ``hxd.core.metrics.render()`` of a just-started hxd's status on a sandbox config, without GPU lines.
+  ``hxd.metrics.page.render()`` of a just-started hxd's status on a sandbox config, without GPU lines.
 - ``import pynvml``, which hxd defers to its first sample (median over fresh interpreters), vs the start and exit of
   a bare interpreter (``python -c pass``).
 """
@@ -32,9 +32,11 @@ from _timing import per_call, run_to_exit
 
 from hxd.core.config import TelemetryConfig, load_config
 from hxd.core.engine import Engine
-from hxd.core.metrics import render
-from hxd.core.telemetry import Telemetry, smi
+from hxd.core.telemetry import smi
+from hxd.core.telemetry.recorder import Telemetry
 from hxd.core.telemetry.sampler import Sampler
+from hxd.metrics.gpus import metric_lines
+from hxd.metrics.page import render
 from hxsandbox.fakenvml import FakeNvml, h100
 from hxsandbox.world import write_config
 
@@ -94,7 +96,7 @@ def main() -> int:
         eight = per_call(sampler(8).sample, 300)
         telemetry = Telemetry(root / "gpu/telemetry.csv", TelemetryConfig(), FakeNvml([h100(i) for i in range(8)]))
         timer_sample = per_call(telemetry.sample, 50)
-        scrape = per_call(telemetry.metric_lines, 300)
+        scrape = per_call(lambda: metric_lines(telemetry.view), 300)
         (root / "node").mkdir()
         config = write_config(root / "node")
         status = Engine(config, load_config(config)).status()

@@ -36,11 +36,12 @@ from hxd.core.engine import Engine, Timer, stamp_path
 from hxd.core.errors import Busy, HxdError, InvalidConfig
 from hxd.core.features import FeatureState
 from hxd.core.jobs import JobSummary
-from hxd.core.metrics import render
 from hxd.core.schedule import Calendar, Interval, write_stamp
 from hxd.core.smoke import last_smoke
 from hxd.core.threads import in_daemon_thread
-from hxd.metrics_server import bind, listen_fds, serve
+from hxd.metrics.gpus import metric_lines
+from hxd.metrics.page import render
+from hxd.metrics.server import bind, listen_fds, serve
 
 log = structlog.get_logger("hxd")
 
@@ -113,7 +114,7 @@ class Daemon:
             loop.add_signal_handler(signum, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         metrics = (
-            await serve(metrics_socket, lambda: render(self.engine.status(), self.engine.telemetry.metric_lines()))
+            await serve(metrics_socket, lambda: render(self.engine.status(), metric_lines(self.engine.telemetry.view)))
             if metrics_socket
             else None
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from hxd.metrics_server import serve
+from hxd.metrics.server import serve
 
 
 async def scrape(port: int, request: bytes = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n") -> bytes:

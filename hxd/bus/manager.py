@@ -23,7 +23,7 @@ from hxd.core.errors import InvalidArgs, InvalidConfig
 from hxd.core.modelref import BadReference, parse_ref
 from hxd.core.runner import Job
 from hxd.core.schedule import iso
-from hxd.core.telemetry import rows
+from hxd.core.telemetry.recorder import rows
 from hxd.core.threads import in_daemon_thread
 from hxd.core.validate import Options, Report
 

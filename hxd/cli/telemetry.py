@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from hxd.cli.common import EXIT_FAILED, EXIT_OK, call_hxd, offline_engine
-from hxd.core.telemetry import rows
+from hxd.core.telemetry.recorder import rows
 
 # (heading, field) of the table; --json has every field.
 _COLUMNS = (

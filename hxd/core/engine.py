@@ -33,7 +33,7 @@ from hxd.core.schedule import Calendar, Interval, iso, next_run, read_stamp
 from hxd.core.service import ServiceController
 from hxd.core.smoke import SmokeRun, run_smoke
 from hxd.core.systemctl import SystemctlController
-from hxd.core.telemetry import Telemetry, csv_path
+from hxd.core.telemetry.recorder import Telemetry, csv_path
 from hxd.core.validate import Options, Report, validate
 
 log = structlog.get_logger("hxd.engine")

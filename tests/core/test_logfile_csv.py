@@ -16,7 +16,9 @@ import structlog
 
 from hxd.core.config import TelemetryConfig
 from hxd.core.logfile import AppendLog
-from hxd.core.telemetry import Telemetry, smi
+from hxd.core.telemetry import smi
+from hxd.core.telemetry.recorder import Telemetry
+from hxd.metrics.gpus import metric_lines
 from hxsandbox.fakenvml import FakeNvml, h100
 
 T0 = datetime(2026, 7, 14, 8, 0, tzinfo=UTC)
@@ -169,7 +171,7 @@ def test_disk_full_is_a_state_and_the_log_recovers_whole(tmpfs: Path) -> None:
             assert telemetry.sample() is not None  # NVML still works; only the log does not
         assert str(telemetry.feature).startswith(f"degraded: disk full: {path}: No space left on device (since ")
         assert "3 samples not written; 8 GPUs; last sample " in str(telemetry.feature)
-        assert "hxd_telemetry_log_writable 0.0" in telemetry.metric_lines()
+        assert "hxd_telemetry_log_writable 0.0" in metric_lines(telemetry.view)
         assert path.read_bytes().endswith(b"\n") and len(rows_of(path)) == 8  # the failed appends were cut back
         filler.unlink()
         telemetry.sample()

@@ -21,8 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from hxd.cli import telemetry as cli
 from hxd.core import engine
 from hxd.core.config import TelemetryConfig
-from hxd.core.telemetry import MAX_BACKOFF_SEC, Telemetry, rows, smi
+from hxd.core.telemetry import smi
+from hxd.core.telemetry.recorder import MAX_BACKOFF_SEC, Telemetry, rows
 from hxd.core.telemetry.sampler import Unavailable
+from hxd.metrics.gpus import metric_lines
 from hxsandbox.fakenvml import MIB, FakeGpu, FakeNvml, h100
 
 pynvml = importlib.import_module("pynvml")
@@ -172,7 +174,7 @@ def test_due_is_false_while_an_attempt_hangs(tmp_path: Path) -> None:
     assert entered.wait(10)
     assert not telemetry.due(1e9)
     assert str(telemetry.feature) == "unchecked: waiting for the first sample"  # readers never wait for the attempt
-    assert len(telemetry.metric_lines()) > 0
+    assert len(metric_lines(telemetry.view)) > 0
     release.set()
     worker.join(10)
     assert telemetry.due(1e9) and str(telemetry.feature).startswith("ok: ")
@@ -200,7 +202,7 @@ def test_metrics_parse_in_base_units_with_gpu_labels(tmp_path: Path) -> None:
         gpus[7].lost = True
         telemetry.sample()
     calls = fake.calls
-    lines = telemetry.metric_lines()
+    lines = metric_lines(telemetry.view)
     assert fake.calls == calls  # a scrape serves the last sample; it never calls NVML
     values = samples(lines)
     labels = (("index", "0"), ("name", "NVIDIA H100 80GB HBM3"), ("uuid", gpus[0].uuid))
@@ -233,7 +235,7 @@ def test_metrics_while_unavailable_have_no_gpu_series(tmp_path: Path) -> None:
     with structlog.testing.capture_logs():
         clock.now += 300
         telemetry.sample()
-    values = samples(telemetry.metric_lines())
+    values = samples(metric_lines(telemetry.view))
     assert values[("hxd_telemetry_up", ())] == 0
     assert ("hxd_telemetry_last_sample_timestamp_seconds", ()) in values
     assert not any(name.startswith("hxd_gpu_") for name, _ in values)

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from hxd.core.promtext import family
-from hxd.core.telemetry.sampler import GpuSample, LostGpu, Sample
+from hxd.core.telemetry.recorder import View
+from hxd.core.telemetry.sampler import GpuSample, LostGpu
+from hxd.metrics.exposition import family
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,9 @@ def _labels(gpu: GpuSample | LostGpu) -> dict[str, str]:
     return {"uuid": gpu.uuid, "index": str(gpu.index), "name": gpu.name}
 
 
-def metric_lines(sample: Sample | None, up: bool, log_writable: bool) -> list[str]:
-    """The telemetry part of /metrics: whether it works, and the GPUs of ``sample`` when ``up``."""
+def metric_lines(view: View) -> list[str]:
+    """The telemetry part of /metrics: whether it works, and the GPUs of the last sample while NVML is up."""
+    sample, up, log_writable = view.last, view.up, view.log_writable
     lines = [
         *family(
             "hxd_telemetry_up", "1 when the last GPU sample succeeded, 0 when NVML is unavailable.", [({}, float(up))]

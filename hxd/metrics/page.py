@@ -1,4 +1,4 @@
-"""hxd's state in the Prometheus text exposition format (version 0.0.4).
+"""The /metrics page: hxd's own state, then the GPUs' (hxd.metrics.gpus).
 
 Names follow Prometheus' conventions: an ``hxd_`` prefix, base units with plural suffixes, ``_info`` metrics with
 value 1 carrying labels. Rendering reads what the engine already knows; a scrape never triggers work.
@@ -13,9 +13,7 @@ from typing import Any, TypeGuard
 
 from hxd.core.engine import STATES, Status
 from hxd.core.features import FeatureState
-from hxd.core.promtext import family
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from hxd.metrics.exposition import family
 
 
 def render(status: Status, extra: Sequence[str] = ()) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import structlog
 
-from hxd.core.metrics import CONTENT_TYPE
+from hxd.metrics.exposition import CONTENT_TYPE
 
 log = structlog.get_logger("hxd.metrics")
 

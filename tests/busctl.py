@@ -65,8 +65,12 @@ def dbus_send(address: str, member: str, *args: str, user: str | None = None) ->
     return subprocess.run(command, capture_output=True, text=True, timeout=30)
 
 
+def hxctl_command(*args: str, user: str | None = None) -> list[str]:
+    """The command line of hxctl (this checkout's, with this interpreter); ``user`` runs it as that account via
+    setpriv. Run it from / (readable by every account)."""
+    return [*as_user(user), sys.executable, "-c", "from hxd.cli import main; raise SystemExit(main())", *args]
+
+
 def hxctl(*args: str, user: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run hxctl (this checkout's, with this interpreter) from / (readable by every account); ``user`` runs it as
-    that account via setpriv."""
-    command = [*as_user(user), sys.executable, "-c", "from hxd.cli import main; raise SystemExit(main())", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd="/")
+    """Run hxctl and collect its output."""
+    return subprocess.run(hxctl_command(*args, user=user), capture_output=True, text=True, timeout=timeout, cwd="/")

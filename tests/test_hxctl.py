@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
-from busctl import hxctl, status
+from busctl import hxctl, hxctl_command, status
 from conftest import StartHxd
 
 from hxsandbox.world import PrivateBus, write_config
@@ -64,5 +66,31 @@ def test_offline_with_a_broken_config_is_a_usage_error(tmp_path: Path) -> None:
 def test_help_documents_exit_codes() -> None:
     result = hxctl("--help")
     assert result.returncode == 0
-    for code in ("0", "1", "2", "3", "4"):
+    for code in ("0", "1", "2", "3", "4", "141"):
         assert f"\n  {code}  " in result.stdout
+
+
+def test_a_reader_that_stops_early_ends_hxctl_quietly(tmp_path: Path) -> None:
+    """``hxctl env big.env | head -1``: head exits after a line while hxctl still writes; hxctl exits as coreutils'
+    tools do, 141 (128 + SIGPIPE) and nothing on stderr."""
+    big = tmp_path / "big.env"
+    big.write_text("".join(f"KEY_{n}=value-{n}\n" for n in range(50_000)))  # far more than a pipe holds
+    hxctl_run = subprocess.Popen(hxctl_command("env", str(big)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = subprocess.run(["head", "-1"], stdin=hxctl_run.stdout, capture_output=True, text=True, timeout=30)
+    assert hxctl_run.stdout is not None and hxctl_run.stderr is not None
+    hxctl_run.stdout.close()  # head holds the only reading end now, and head has exited
+    assert head.stdout == "KEY_0=value-0\n"
+    assert hxctl_run.wait(30) == 141
+    assert hxctl_run.stderr.read() == b""
+
+
+def test_a_reader_gone_before_the_first_line_ends_hxctl_quietly(bus: PrivateBus, start_hxd: StartHxd) -> None:
+    """``hxctl status | head -3`` with head already gone when hxctl writes (status fits in one write)."""
+    start_hxd()
+    reading, writing = os.pipe()
+    os.close(reading)
+    try:
+        result = subprocess.run(hxctl_command("--bus", bus.address, "status"), stdout=writing, stderr=subprocess.PIPE)
+    finally:
+        os.close(writing)
+    assert (result.returncode, result.stderr) == (141, b"")

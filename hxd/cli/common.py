@@ -23,6 +23,7 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_NOT_AUTHORIZED = 4
 EXIT_REFUSED = 5
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for coreutils killed by SIGPIPE (13)
 
 EXIT_CODES = f"""exit status:
   {EXIT_OK}  success (validate: no errors; warnings allowed)
@@ -31,7 +32,8 @@ EXIT_CODES = f"""exit status:
   {EXIT_UNREACHABLE}  hxd cannot be reached (no bus, or hxd is not running); try --offline
   {EXIT_NOT_AUTHORIZED}  not authorized (polkit said no; run as root or ask an administrator)
   {EXIT_REFUSED}  refused: hxd looked and will not do it as things are; nothing was changed (the message says
-     what to change first)"""
+     what to change first)
+  {EXIT_BROKEN_PIPE}  the reader of the output left early (hxctl ... | head), as for coreutils; nothing is printed"""
 
 # hxd error (short D-Bus name or core class name) -> exit code; anything else is EXIT_FAILED.
 ERROR_EXIT = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,14 @@ from hxd import log as hxd_log
 from hxd.bus.connection import BUS_HELP
 from hxd.cli import audit, fleet, migrate, smoke, status, telemetry, validate
 from hxd.cli.client import CallFailed, Unreachable
-from hxd.cli.common import ERROR_EXIT, EXIT_CODES, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
+from hxd.cli.common import (
+    ERROR_EXIT,
+    EXIT_BROKEN_PIPE,
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
 from hxd.core.config import DEFAULT_CONFIG_PATH
 from hxd.core.errors import HxdError, kind
 
@@ -42,6 +50,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """hxctl's exit status. A reader that leaves early (``hxctl status | head -1``) ends hxctl as it ends coreutils'
+    tools, which die of SIGPIPE: quietly, with the status a shell reports for that (141). stdout is flushed here,
+    not by the interpreter's exit, so that a reader gone by then is caught too."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_output()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_output() -> None:
+    """Point stdout and stderr at /dev/null, so that what is still buffered for the pipe that broke (stderr too may
+    be merged into it, ``2>&1 | head``) cannot fail again, loudly, when Python flushes it at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+def _run(argv: list[str] | None) -> int:
+    """Parse, dispatch, and map every outcome to a documented exit code."""
     args = _parser().parse_args(argv)
     hxd_log.configure("console", "warning")  # the core's log lines go to stderr; stdout is for results and --json
     if (args.host or args.hosts_file) and args.command != "fleet":

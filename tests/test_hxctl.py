@@ -94,3 +94,35 @@ def test_a_reader_gone_before_the_first_line_ends_hxctl_quietly(bus: PrivateBus,
     finally:
         os.close(writing)
     assert (result.returncode, result.stderr) == (141, b"")
+
+
+def test_global_options_after_the_command(bus: PrivateBus, start_hxd: StartHxd, tmp_path: Path) -> None:
+    """As with systemctl and busctl, --bus, --offline and --config may follow the command, and mix with its own."""
+    start_hxd()
+    online = hxctl("status", "--json", "--bus", bus.address)
+    assert online.returncode == 0, online.stderr
+    assert json.loads(online.stdout)["state"] == "running"
+    config = write_config(tmp_path)
+    offline = hxctl("status", "--offline", "--config", str(config), "--json")
+    assert offline.returncode == 0, offline.stderr
+    assert json.loads(offline.stdout)["state"] == "offline"
+    env = tmp_path / "ollama.env"
+    env.write_text("OLLAMA_HOST=127.0.0.1:11434\n")
+    validated = hxctl("--offline", "validate", str(env), "--json", "--config", str(config))
+    assert validated.returncode in (0, 1), validated.stderr
+    assert json.loads(validated.stdout)["file"] == str(env)
+    assert "--offline" in hxctl("status", "--help").stdout
+
+
+def test_an_option_after_the_command_wins_over_the_same_before_it(bus: PrivateBus, start_hxd: StartHxd) -> None:
+    start_hxd()
+    result = hxctl("--bus", "unix:path=/nonexistent", "status", "--json", "--bus", bus.address)
+    assert result.returncode == 0, result.stderr
+
+
+def test_host_options_follow_fleet_only(tmp_path: Path) -> None:
+    missing = tmp_path / "nodes.txt"
+    after_fleet = hxctl("fleet", "status", "--hosts-file", str(missing))
+    assert after_fleet.returncode == 2 and f"{missing}: cannot read" in after_fleet.stderr
+    after_status = hxctl("status", "--host", "llm-01")
+    assert after_status.returncode == 2 and "unrecognized arguments: --host" in after_status.stderr

@@ -48,11 +48,21 @@ def add_parsers(commands: Any) -> None:
     fleet.set_defaults(run=run_fleet)
 
 
-def add_host_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--host", action="append", default=[], metavar="[USER@]HOST", help="a node for `hxctl fleet` (repeatable)"
+def add_host_options(options: argparse._ArgumentGroup) -> None:
+    """--host and --hosts-file, without defaults (hxctl's main parser sets them; see its global options)."""
+    options.add_argument(
+        "--host",
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="[USER@]HOST",
+        help="a node for `hxctl fleet` (repeatable)",
     )
-    parser.add_argument("--hosts-file", type=Path, help="nodes for `hxctl fleet`, one per line (# comments)")
+    options.add_argument(
+        "--hosts-file",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="nodes for `hxctl fleet`, one per line (# comments)",
+    )
 
 
 # --- one node -------------------------------------------------------------------------------------------------

@@ -32,12 +32,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"hxctl {__version__}")
-    parser.add_argument("--bus", help=BUS_HELP)
-    parser.add_argument("--offline", action="store_true", help="run hxd's core in this process instead of asking hxd")
-    parser.add_argument(
-        "--config", type=Path, help=f"config for --offline (default: $HXD_CONFIG, else {DEFAULT_CONFIG_PATH})"
-    )
-    fleet.add_host_options(parser)
+    _add_global_options(parser, hosts=True)
+    parser.set_defaults(bus=None, offline=False, config=None, host=[], hosts_file=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     status.add_parser(commands)
     validate.add_parsers(commands)
@@ -46,7 +42,35 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_parsers(commands)
     smoke.add_parser(commands)
     fleet.add_parsers(commands)
+    for name, command in commands.choices.items():
+        _add_global_options(command, hosts=name == "fleet")
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, hosts: bool) -> None:
+    """The options every command takes, before the command or after it (as systemctl and busctl take them); the
+    host options only where they mean something, before any command and after ``fleet``.
+
+    None has a default of its own (SUPPRESS): argparse parses what follows the command into a namespace of its
+    own and copies all of it over the main one, so a default there would undo the same option given before the
+    command. The defaults are the main parser's, set once; given on both sides, the value after the command wins.
+    """
+    options = parser.add_argument_group("global options (before or after the command)")
+    options.add_argument("--bus", default=argparse.SUPPRESS, help=BUS_HELP)
+    options.add_argument(
+        "--offline",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="run hxd's core in this process instead of asking hxd",
+    )
+    options.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"config for --offline (default: $HXD_CONFIG, else {DEFAULT_CONFIG_PATH})",
+    )
+    if hosts:
+        fleet.add_host_options(options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,3 +126,11 @@ def test_host_options_follow_fleet_only(tmp_path: Path) -> None:
     assert after_fleet.returncode == 2 and f"{missing}: cannot read" in after_fleet.stderr
     after_status = hxctl("status", "--host", "llm-01")
     assert after_status.returncode == 2 and "unrecognized arguments: --host" in after_status.stderr
+
+
+def test_a_malformed_bus_address_is_a_usage_error() -> None:
+    for address in ("garbage", "unix:foo=bar"):
+        result = hxctl("--bus", address, "status")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and f"the bus {address!r} is not a D-Bus address (" in result.stderr
+        assert "unix:path=" in result.stderr  # what a valid one looks like

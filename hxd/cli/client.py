@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
+from dbus_fast.errors import InvalidAddressError
 
 from hxd.bus import names
-from hxd.bus.connection import HxdBus, call_method, connect, describe
+from hxd.bus.connection import BUS_HELP, HxdBus, call_method, connect, describe
+from hxd.core.errors import InvalidArgs
 
 # D-Bus errors that mean "nobody owns org.hxinfra.hxd1" rather than "hxd said no".
 _NOT_RUNNING = (
@@ -31,14 +33,20 @@ class CallFailed(Exception):
 
 
 async def open_bus(spec: str) -> HxdBus:
-    """A connection to the bus hxd is on, or Unreachable with what to do."""
+    """A connection to the bus hxd is on; InvalidArgs when ``--bus`` (or HXD_BUS) is not a D-Bus address, a usage
+    error rather than a bus that is down; else Unreachable with what to do."""
     try:
         return await connect(spec)
+    except InvalidAddressError as exc:
+        if spec not in ("system", "session"):  # those two name their address in DBUS_*_BUS_ADDRESS, not on our line
+            raise InvalidArgs(f"the bus {spec!r} is not a D-Bus address ({exc}); --bus takes {BUS_HELP}") from None
+        reason = str(exc)
     except Exception as exc:
-        raise Unreachable(
-            f"cannot connect to {describe(spec)}: {exc.strerror if isinstance(exc, OSError) else exc}; "
-            "is dbus running? (use --bus to pick another bus, or --offline to run without hxd)"
-        ) from None
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    raise Unreachable(
+        f"cannot connect to {describe(spec)}: {reason}; "
+        "is dbus running? (use --bus to pick another bus, or --offline to run without hxd)"
+    )
 
 
 def checked(reply: Message | None, spec: str) -> list[Any]:

@@ -4,6 +4,7 @@ as a subprocess."""
 from __future__ import annotations
 
 import json
+import os
 import pwd
 import subprocess
 import sys
@@ -71,6 +72,10 @@ def hxctl_command(*args: str, user: str | None = None) -> list[str]:
     return [*as_user(user), sys.executable, "-c", "from hxd.cli import main; raise SystemExit(main())", *args]
 
 
-def hxctl(*args: str, user: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run hxctl and collect its output."""
-    return subprocess.run(hxctl_command(*args, user=user), capture_output=True, text=True, timeout=timeout, cwd="/")
+def hxctl(
+    *args: str, user: str | None = None, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run hxctl and collect its output; ``env`` is added to this process's environment."""
+    command = hxctl_command(*args, user=user)
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd="/", env=environment)

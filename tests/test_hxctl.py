@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from busctl import hxctl, hxctl_command, status
 from conftest import StartHxd
 
@@ -134,3 +135,25 @@ def test_a_malformed_bus_address_is_a_usage_error() -> None:
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and f"the bus {address!r} is not a D-Bus address (" in result.stderr
         assert "unix:path=" in result.stderr  # what a valid one looks like
+
+
+@pytest.fixture
+def without_nvml(tmp_path: Path) -> dict[str, str]:
+    """An environment in which pynvml cannot be imported, so NVML is missing whatever GPU this machine has."""
+    shadow = tmp_path / "without-nvml"
+    shadow.mkdir()
+    (shadow / "pynvml.py").write_text('raise ImportError("no NVIDIA driver on this node")\n')
+    return {"PYTHONPATH": str(shadow)}
+
+
+def test_telemetry_json_without_nvml_is_an_empty_list(
+    bus: PrivateBus, start_hxd: StartHxd, tmp_path: Path, without_nvml: dict[str, str]
+) -> None:
+    """--json prints JSON even when there is no sample: ``[]``, the reason on stderr, exit status 1."""
+    start_hxd(extra_env=without_nvml)
+    online = hxctl("--bus", bus.address, "telemetry", "--json")
+    offline = hxctl("--offline", "--config", str(write_config(tmp_path)), "telemetry", "--json", env=without_nvml)
+    for result in (online, offline):
+        assert (result.returncode, result.stdout) == (1, "[]\n"), result.stderr
+        assert result.stderr.startswith("hxctl: cannot import pynvml (no NVIDIA driver on this node); install ")
+        assert result.stderr.count("\n") == 1

@@ -10,7 +10,9 @@ import argparse
 import json
 from typing import Any
 
+from hxd.cli.client import CallFailed
 from hxd.cli.common import EXIT_FAILED, EXIT_OK, call_hxd, offline_engine
+from hxd.core.errors import HxdError
 from hxd.core.telemetry.recorder import rows
 
 # (heading, field) of the table; --json has every field.
@@ -37,12 +39,21 @@ def add_parser(commands: Any) -> None:
         help="sample the GPUs now and show them (nvidia-smi's fields and units)",
         description="Exit status 1 when NVML is unavailable or a GPU is lost.",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON array: an object per GPU, every field")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON array: an object per GPU, every field ([] when NVML is unavailable)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    gpus: list[dict[str, Any]] = _offline(args) if args.offline else call_hxd(args, "SampleTelemetry")[0]
+    try:
+        gpus: list[dict[str, Any]] = _offline(args) if args.offline else call_hxd(args, "SampleTelemetry")[0]
+    except (CallFailed, HxdError):
+        if args.json:  # a script still reads a JSON array, of no GPUs; the reason goes to stderr, the status says 1
+            print("[]")
+        raise
     if args.json:
         print(json.dumps(gpus))
     else:

@@ -79,3 +79,13 @@ def hxctl(
     command = hxctl_command(*args, user=user)
     environment = {**os.environ, **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd="/", env=environment)
+
+
+def hxctl_merged(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run hxctl with stderr merged into stdout through one pipe, as ``2>&1`` or a log gets them, and with Python's
+    default buffering: PYTHONUNBUFFERED, which would hide a missing flush, is left out."""
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    command = hxctl_command(*args)
+    return subprocess.run(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, cwd="/", env=environment
+    )

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from busctl import hxctl, hxctl_command, status
+from busctl import hxctl, hxctl_command, hxctl_merged, status
 from conftest import StartHxd
 
 from hxsandbox.world import PrivateBus, write_config
@@ -157,3 +157,13 @@ def test_telemetry_json_without_nvml_is_an_empty_list(
         assert (result.returncode, result.stdout) == (1, "[]\n"), result.stderr
         assert result.stderr.startswith("hxctl: cannot import pynvml (no NVIDIA driver on this node); install ")
         assert result.stderr.count("\n") == 1
+
+
+def test_stdout_and_stderr_in_one_pipe_keep_their_order(tmp_path: Path) -> None:
+    """fleet diff prints a line per node on stdout, then its verdict on stderr: merged (2>&1), in that order."""
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text("Host *\n  Port 1\n")  # nothing listens on port 1: refused at once
+    merged = hxctl_merged("--host", "127.0.0.1", "fleet", "diff", "--ssh-config", str(ssh_config), "--timeout", "5")
+    assert merged.returncode == 1
+    node, verdict = merged.stdout.splitlines()
+    assert node.startswith("127.0.0.1: unreachable: ") and verdict.startswith("fleet: 0 differences, not aligned")

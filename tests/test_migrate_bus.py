@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 import pytest
-from busctl import call_manager, hxctl
+from busctl import call_manager, hxctl, hxctl_merged
 from conftest import StartHxd, start_on_node
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -182,3 +182,28 @@ def test_hxctl_migrate_and_rollback(bus: PrivateBus, start_hxd: StartHxd, node: 
     assert rolled.returncode == 0, rolled.stderr
     assert json.loads(rolled.stdout)["undone"][0] == "env"
     assert not node.paths.legacy.is_symlink()
+
+
+def test_hxctl_progress_comes_before_the_result_and_counts_only_its_phase(
+    bus: PrivateBus, start_hxd: StartHxd, node: Config, ollama: OllamaService
+) -> None:
+    """stderr and stdout through one pipe, as in a log: every progress line before the result, and a phase shows a
+    counter only while it counts (copy: blobs), not the count of a phase done before it."""
+    start_on_node(start_hxd, node)
+    merged = hxctl_merged("--bus", bus.address, "migrate")
+    assert merged.returncode == 0, merged.stdout
+    lines = merged.stdout.splitlines()
+    result = lines.index(next(line for line in lines if line.startswith("  message ")))
+    assert lines[result - 1] == "  comparing the served models with the list from before"  # post-check's message
+    phases = [line for line in lines[:result] if not line.startswith("  ")]
+    assert phases == [
+        "[0/6] copy",
+        "manifests",
+        "verify",
+        "stop",
+        "catch-up",
+        "verify",
+        "switch",
+        "start",
+        "post-check",
+    ]

@@ -40,9 +40,14 @@ _FIELDS = {
 
 
 def print_progress(state: JobState, changed: frozenset[str]) -> None:
-    """A line on stderr per phase (``[3/11] measure llama3.2:3b``) and per message, so stdout stays for --json."""
+    """A line on stderr per phase (``[3/11] measure llama3.2:3b``) and per message, so stdout stays for --json.
+
+    The counter is the current phase's: one set with the phase, or one still counting. A count already complete
+    that the phase left alone belongs to a phase before it (migrate counts blobs in copy only), so it is left out.
+    """
     if "phase" in changed and state.phase:
-        counter = f"[{state.items_done}/{state.items_total}] " if state.items_total else ""
+        counting = state.items_total and ("items_total" in changed or state.items_done < state.items_total)
+        counter = f"[{state.items_done}/{state.items_total}] " if counting else ""
         print(f"{counter}{state.phase}", file=sys.stderr, flush=True)
     if "message" in changed and state.message and state.state == "running":
         print(f"  {state.message}", file=sys.stderr, flush=True)

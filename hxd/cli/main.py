@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from pathlib import Path
@@ -76,7 +77,12 @@ def _add_global_options(parser: argparse.ArgumentParser, hosts: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """hxctl's exit status. A reader that leaves early (``hxctl status | head -1``) ends hxctl as it ends coreutils'
     tools, which die of SIGPIPE: quietly, with the status a shell reports for that (141). stdout is flushed here,
-    not by the interpreter's exit, so that a reader gone by then is caught too."""
+    not by the interpreter's exit, so that a reader gone by then is caught too.
+
+    stdout is line-buffered: results (stdout) and progress and errors (stderr) often share one pipe (``2>&1``, a
+    CI log), and a block-buffered stdout would hold results back until exit, after every later stderr line."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         try:
             return _run(argv)

@@ -166,7 +166,7 @@ def test_plan_refusals_reach_the_caller(bus: PrivateBus, start_hxd: StartHxd, no
 
 
 def test_hxctl_migrate_and_rollback(bus: PrivateBus, start_hxd: StartHxd, node: Config, ollama: OllamaService) -> None:
-    start_on_node(start_hxd, node)
+    hxd = start_on_node(start_hxd, node)
     plan = hxctl("--bus", bus.address, "migrate", "--dry-run")
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.startswith("plan (nothing was changed)\n") and "same_filesystem" in plan.stdout
@@ -174,10 +174,17 @@ def test_hxctl_migrate_and_rollback(bus: PrivateBus, start_hxd: StartHxd, node: 
     migrated = hxctl("--bus", bus.address, "migrate", "--json")
     assert migrated.returncode == 0, migrated.stderr
     result = json.loads(migrated.stdout)
-    assert result["blobs"] == 6 and isinstance(result["backups"], list)
+    assert result["blobs"] == 6 and isinstance(result["backups"], list) and result["changed"] is True
     assert "copy" in migrated.stderr and "post-check" in migrated.stderr  # progress, one line per phase
-    again = hxctl("--bus", bus.address, "migrate")
-    assert again.returncode == 5 and "already is the canonical layout" in again.stderr
+    # Already aligned is success, as `systemctl enable` of an enabled unit: online and offline, plan and run.
+    aligned = f"already aligned: {node.paths.canonical} is the canonical layout (its blobs are in {node.paths.bulk})"
+    for where in (("--bus", bus.address), ("--offline", "--config", str(hxd.config))):
+        for dry_run in ((), ("--dry-run",)):
+            again = hxctl(*where, "migrate", *dry_run)
+            assert (again.returncode, again.stderr) == (0, ""), (where, dry_run, again.stderr)
+            assert again.stdout == f"{aligned}; nothing to do\n"
+        as_json = json.loads(hxctl(*where, "migrate", "--json").stdout)
+        assert as_json == {"changed": False, "message": f"{aligned}; nothing to do"}
     rolled = hxctl("--bus", bus.address, "rollback", "--json")
     assert rolled.returncode == 0, rolled.stderr
     assert json.loads(rolled.stdout)["undone"][0] == "env"

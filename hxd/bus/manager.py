@@ -163,7 +163,7 @@ class Manager(HxdInterface):
         """What Migrate would do, and every reason it would refuse (Error.Refused); writes nothing."""
         overrides = parse_options(options, MIGRATE_PATHS)
         plan = await asyncio.to_thread(self.engine.plan_migration, overrides)
-        return to_variants(plan.summary())
+        return to_variants(plan)
 
     @method(action=names.ACTION_MIGRATE)
     async def Migrate(self, options: DBusDict) -> DBusObjectPath:

@@ -63,19 +63,16 @@ def add_parsers(commands: Any) -> None:
 def run_migrate(args: argparse.Namespace) -> int:
     overrides = {name: str(Path(value).absolute()) for name in _PATHS if (value := getattr(args, name))}
     if args.dry_run:
-        result = (
-            offline_engine(args).plan_migration(overrides).summary() if args.offline else _plan_online(args, overrides)
-        )
-        _print(result, args.json, title="plan (nothing was changed)")
-        return EXIT_OK
-    if args.prune_source:
-        result = _job(args, "PruneSource", {}, lambda engine: engine.prune())
+        result = offline_engine(args).plan_migration(overrides) if args.offline else _plan_online(args, overrides)
+        _print_migration(result, args.json, title="plan (nothing was changed)")
+    elif args.prune_source:
+        _print(_job(args, "PruneSource", {}, lambda engine: engine.prune()), args.json)
     else:
         options: dict[str, Variant] = {k: Variant("s", v) for k, v in overrides.items()}
         if args.resume:
             options["resume"] = Variant("b", True)
         result = _job(args, "Migrate", options, lambda engine: engine.migrate(overrides, resume=args.resume))
-    _print(result, args.json)
+        _print_migration(result, args.json)
     return EXIT_OK
 
 
@@ -142,6 +139,17 @@ class ProgressBar:
 def _rate(samples: list[tuple[float, int]]) -> float:
     (t0, b0), (t1, b1) = samples[0], samples[-1]
     return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def _print_migration(result: dict[str, Any], as_json: bool, title: str = "") -> None:
+    """A migration's plan or result. For people: the table without ``changed`` (true there, and odd under "nothing
+    was changed"), or on a node already aligned the line that says so."""
+    if as_json:
+        _print(result, as_json)
+    elif result["changed"]:
+        _print({key: value for key, value in result.items() if key != "changed"}, as_json, title)
+    else:
+        print(result["message"])
 
 
 def _print(result: dict[str, Any], as_json: bool, title: str = "") -> None:

@@ -24,7 +24,7 @@ from hxd.core.envfile import read_envfile, read_envfile_fd
 from hxd.core.errors import InvalidConfig
 from hxd.core.features import FEATURES, Feature, FeatureState
 from hxd.core.jobs import JobControl, JobSummary
-from hxd.core.migrate.plan import Plan
+from hxd.core.migrate.plan import AlreadyAligned
 from hxd.core.migrate.runner import Migration, interrupted
 from hxd.core.modelref import ModelRef
 from hxd.core.paths import check_paths
@@ -272,15 +272,23 @@ class Engine:
             assert isinstance(job.outcome.value, SmokeRun)
             self.record_smoke(job.outcome.value)
 
-    def plan_migration(self, overrides: dict[str, str]) -> Plan:
-        """What ``migrate`` would do, or Refused with why not; writes nothing, takes no lock."""
-        return Migration(self.config, self.controller, JobControl("plan")).plan(overrides)
+    def plan_migration(self, overrides: dict[str, str]) -> dict[str, object]:
+        """What ``migrate`` would do (the plan's summary, or AlreadyAligned's outcome), or Refused with why not;
+        writes nothing, takes no lock."""
+        try:
+            return Migration(self.config, self.controller, JobControl("plan")).plan(overrides).summary()
+        except AlreadyAligned as exc:
+            return exc.outcome
 
     def migrate(self, overrides: dict[str, str], *, resume: bool) -> Job:
         """Start (or resume) the migration; refusals come before the job exists, as Refused."""
 
         def prepare(migration: Migration) -> MigrationWork:
-            prepared = migration.prepare(overrides, resume=resume)
+            try:
+                prepared = migration.prepare(overrides, resume=resume)
+            except AlreadyAligned as exc:  # nothing to do: a job that completes at once, changing nothing
+                outcome = exc.outcome
+                return lambda: outcome
             return lambda: migration.run(prepared)
 
         return self._migration_job("migrate", prepare)

@@ -1,7 +1,8 @@
 """The migration plan (``hxctl migrate --dry-run``): what moves where, and every reason to refuse, before any write.
 
-A refusal is ``Refused`` (``org.hxinfra.hxd1.Error.Refused``) with a message that says what to change. A run makes
-its own plan while it holds the node's lock, so nothing the dry run saw can be stale.
+A refusal is ``Refused`` (``org.hxinfra.hxd1.Error.Refused``) with a message that says what to change. A store that
+already is the canonical layout is no refusal but nothing to do (``AlreadyAligned``), which the engine reports as
+success. A run makes its own plan while it holds the node's lock, so nothing the dry run saw can be stale.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ BLOB_NAME = re.compile(r"sha256-[0-9a-f]{64}")
 STAGING = ".hxd-staging"
 # Free space kept beyond the bytes to copy: 5 %, at least 1 GiB (a full disk breaks Ollama's own writes too).
 _MARGIN_FRACTION, _MARGIN_MIN = 0.05, 1 << 30
+
+
+class AlreadyAligned(Refused):
+    """The source already is the canonical layout. Raised to stop planning early; the engine turns it into a
+    successful outcome, as ``systemctl enable`` of an enabled unit succeeds (a refusal only if it ever escaped)."""
+
+    @property
+    def outcome(self) -> dict[str, object]:
+        """What a plan or a run reports instead of its summary: nothing changed, and why."""
+        return {"changed": False, "message": str(self)}
 
 
 @dataclass(frozen=True)
@@ -53,9 +64,11 @@ class Plan:
     steps: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
-        """The plan as plain values, for D-Bus, JSON and the dry-run table."""
+        """The plan as plain values, for D-Bus, JSON and the dry-run table; ``changed``: the plan changes the node
+        (false only in AlreadyAligned's outcome)."""
         t = self.targets
         return {
+            "changed": True,
             "source": str(t.source),
             "canonical": str(t.canonical),
             "bulk": str(t.bulk),
@@ -112,7 +125,9 @@ def make_plan(config: Config, t: Targets, *, resuming: bool = False) -> Plan:
     if bulk == source or _inside(bulk, source) or _inside(source, bulk):
         raise Refused(f"the source {source} and the bulk storage {bulk} contain each other; pick another bulk")
     if not resuming and Path(os.path.realpath(t.bulk / "blobs")) == Path(os.path.realpath(store.blobs_dir)):
-        raise Refused(f"{t.source} already is the canonical layout (its blobs are in {t.bulk}); nothing to do")
+        raise AlreadyAligned(
+            f"already aligned: {t.source} is the canonical layout (its blobs are in {t.bulk}); nothing to do"
+        )
     if t.canonical.is_symlink():
         raise Refused(f"{t.canonical} is a symlink; the canonical path must be a directory (or not exist)")
     if os.path.realpath(t.legacy) != str(source) and _has_other_data(t.legacy):

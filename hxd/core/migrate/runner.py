@@ -141,6 +141,7 @@ class Migration:
             f"{journal.targets.bulk}; {journal.unit} was down {downtime:.2f} s"
         )
         return {
+            "changed": True,
             "message": message,
             "id": journal.id,
             "blobs": len(journal.verified),

@@ -167,3 +167,9 @@ def test_stdout_and_stderr_in_one_pipe_keep_their_order(tmp_path: Path) -> None:
     assert merged.returncode == 1
     node, verdict = merged.stdout.splitlines()
     assert node.startswith("127.0.0.1: unreachable: ") and verdict.startswith("fleet: 0 differences, not aligned")
+
+
+def test_no_jobs(bus: PrivateBus, start_hxd: StartHxd) -> None:
+    start_hxd()
+    assert hxctl("--bus", bus.address, "jobs").stdout == "no jobs\n"
+    assert hxctl("--bus", bus.address, "jobs", "--json").stdout == "[]\n"

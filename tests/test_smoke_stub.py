@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from busctl import busctl, call_manager, hxctl
 from conftest import StartHxd
 
+from hxd.bus import names
 from hxd.cli import smoke as smoke_cli
 from hxd.cli.jobs import follow_job
 from hxd.core.config import Config
@@ -323,3 +325,58 @@ def test_ctrl_c_cancels_the_job(bus: PrivateBus, start_hxd: StartHxd, launch: La
     with pytest.raises(Cancelled, match="smoke was cancelled"):
         follow_job(bus.address, "RunSmoke", "a{sv}", [{}], interrupt_at_measure)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_hxctl_jobs_lists_hxds_jobs_and_cancel_stops_one(
+    bus: PrivateBus, start_hxd: StartHxd, launch: Launch, env_file: Path
+) -> None:
+    """What Busy advises: `hxctl jobs` lists the job, `hxctl cancel N` (or its path) stops it; busctl checks."""
+    stub = launch({"models": {"*": {"load_delay": 1.0, "first_token_delay": 1.0, "tokens": 2}}})  # about 6 s
+    smoke_hxd(start_hxd, stub, env_file)
+    [path] = call_manager(bus.address, "RunSmoke", "a{sv}", "0")
+    number = path.rsplit("/", 1)[1]
+    listed = hxctl("--bus", bus.address, "jobs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [job] = json.loads(listed.stdout)
+    assert {key: job[key] for key in ("job", "path", "kind", "state", "cancellable")} == {
+        "job": int(number),
+        "path": path,
+        "kind": "smoke",
+        "state": "running",
+        "cancellable": True,
+    }
+    assert job["phase"].startswith("warm-up ") and 0 <= job["progress"] < 1 and isinstance(job["message"], str)
+    table = hxctl("jobs", "--bus", bus.address).stdout.splitlines()
+    assert table[0].split() == ["JOB", "PATH", "KIND", "STATE", "PHASE", "PROGRESS", "CANCELLABLE", "MESSAGE"]
+    assert table[1].split()[:4] == [number, path, "smoke", "running"]
+    cancelled = hxctl("--bus", bus.address, "cancel", number)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.startswith(f"job {number} (smoke): ")
+
+    def state() -> str:
+        reply = busctl(bus.address, "get-property", names.BUS_NAME, path, names.JOB_INTERFACE, "State")
+        return reply.stdout.split()[1].strip('"')
+
+    wait_until(lambda: state() == "cancelled", 10, f"{path} cancelled")
+    again = hxctl("--bus", bus.address, "cancel", path)  # by its path; cancelled is what was asked
+    assert (again.returncode, again.stdout) == (0, f"job {number} (smoke): cancelled\n"), again.stderr
+
+
+def test_hxctl_cancel_says_why_not(bus: PrivateBus, start_hxd: StartHxd, launch: Launch, env_file: Path) -> None:
+    stub = launch({"models": {"*": {"tokens": 2}}})
+    smoke_hxd(start_hxd, stub, env_file)
+    assert hxctl("--bus", bus.address, "smoke", "--model", "llama3.2:3b").returncode == 0
+    [path] = call_manager(bus.address, "Status")[0]["jobs"]["data"]
+    number = path.rsplit("/", 1)[1]
+    ended = hxctl("--bus", bus.address, "cancel", number)
+    assert ended.returncode == 1
+    assert ended.stderr.startswith(f"hxctl: job {number} (smoke) already ended: completed: 1 models: 1 ok")
+    unknown = hxctl("--bus", bus.address, "cancel", "99")
+    assert unknown.returncode == 1 and unknown.stderr.startswith("hxctl: there is no job 99 in hxd: `hxctl jobs`")
+    for bad in ("llama", f"{names.JOBS_PATH}/x", "/org/other/jobs/1"):
+        malformed = hxctl("--bus", bus.address, "cancel", bad)
+        assert malformed.returncode == 2 and f"hxctl: {bad!r} is not a job" in malformed.stderr
+    offline = hxctl("--offline", "jobs")
+    assert offline.returncode == 2 and "--offline" in offline.stderr
+    finished = hxctl("--bus", bus.address, "jobs").stdout.splitlines()[1]  # listed for 5 minutes after its end
+    assert finished.split()[:6] == [number, path, "smoke", "completed", "write", "results"]

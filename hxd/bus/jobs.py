@@ -75,7 +75,7 @@ def action_of(job: CoreJob) -> str:
 
 
 def job_path(job: CoreJob) -> str:
-    return f"{names.JOBS_PATH}/{job.number}"
+    return names.job_path(job.number)
 
 
 class Job(HxdInterface):

@@ -31,6 +31,9 @@ POLKIT_INTERFACE = "org.freedesktop.PolicyKit1.Authority"
 DBUS_NAME = "org.freedesktop.DBus"
 DBUS_PATH = "/org/freedesktop/DBus"
 DBUS_INTERFACE = "org.freedesktop.DBus"
+PROPERTIES_INTERFACE = "org.freedesktop.DBus.Properties"
+# What a call to an object nobody exports gets (dbus-fast answers so for an unknown path, too).
+ERROR_UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
 
 SYSTEMD_NAME = "org.freedesktop.systemd1"
 SYSTEMD_PATH = "/org/freedesktop/systemd1"
@@ -41,3 +44,8 @@ SYSTEMD_UNIT = "org.freedesktop.systemd1.Unit"
 def error_name(exc: HxdError) -> str:
     """The D-Bus error name for ``exc``, e.g. ``org.hxinfra.hxd1.Error.NotAuthorized``."""
     return ERROR_PREFIX + kind(exc)
+
+
+def job_path(number: int) -> str:
+    """The object path of hxd's job ``number``: ``/org/hxinfra/hxd1/jobs/3``."""
+    return f"{JOBS_PATH}/{number}"

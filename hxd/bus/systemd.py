@@ -58,7 +58,7 @@ class SystemdController:
                 return "inactive"  # not loaded: systemd loads units on demand, so it is not running either
             raise Failed(f"systemd: cannot look up {unit}: {reply.body[0] if reply.body else reply.error_name}")
         state = await self._call(
-            reply.body[0], "org.freedesktop.DBus.Properties", "Get", "ss", [names.SYSTEMD_UNIT, "ActiveState"]
+            reply.body[0], names.PROPERTIES_INTERFACE, "Get", "ss", [names.SYSTEMD_UNIT, "ActiveState"]
         )
         if state.message_type == MessageType.ERROR:
             raise Failed(f"systemd: cannot read the state of {unit}: {state.error_name}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from hxd import __version__
 from hxd import log as hxd_log
 from hxd.bus.connection import BUS_HELP
-from hxd.cli import audit, fleet, migrate, smoke, status, telemetry, validate
+from hxd.cli import audit, fleet, jobs, migrate, smoke, status, telemetry, validate
 from hxd.cli.client import CallFailed, Unreachable
 from hxd.cli.common import (
     ERROR_EXIT,
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     telemetry.add_parser(commands)
     migrate.add_parsers(commands)
     smoke.add_parser(commands)
+    jobs.add_parsers(commands)
     fleet.add_parsers(commands)
     for name, command in commands.choices.items():
         _add_global_options(command, hosts=name == "fleet")

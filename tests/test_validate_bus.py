@@ -196,7 +196,7 @@ def test_bad_inputs_give_one_line_and_the_right_exit_code(
     denied = hxctl(*where, "validate", str(bad_inputs["unreadable"]), user="nobody")
     assert (denied.returncode, denied.stderr) == (
         2,
-        f"hxctl: {bad_inputs['unreadable']}: cannot open: permission denied\n",
+        f"hxctl: {bad_inputs['unreadable']}: cannot open: permission denied [Unreadable]\n",
     )
 
 

@@ -9,7 +9,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Debian packages the demo and the tests need.
-DEB_PACKAGES := dbus python3-venv make systemd util-linux rsync
+# openssh-server: tests/test_fleet.py runs a real sshd (and ssh, ssh-keygen from openssh-client, its dependency).
+DEB_PACKAGES := dbus python3-venv make systemd util-linux rsync openssh-server
 # Debian packages `make deb` and `make e2e` need (`make deps-e2e` installs them).
 DEB_BUILD_PACKAGES := debhelper dpkg-dev git lintian python3-pip python3.11-venv \
 	mmdebstrap debian-archive-keyring mount systemd-container util-linux

@@ -6,17 +6,22 @@
 #                  export); Ctrl-C stops it all and removes it
 #   make deb    - dist/hxd_<version>_<arch>.deb with debhelper, checked by lintian (packaging/README.md)
 #   make e2e    - the .deb installed and booted in a Debian 12 container (tools/e2e; root, `make deps-e2e`)
+#   make fresh  - the README's two commands, verbatim, each in a fresh minimal Debian 12 root (tools/fresh; root,
+#                 `make deps-e2e`)
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# Debian packages the demo and the tests need.
-DEB_PACKAGES := dbus python3-venv make systemd util-linux rsync
-# Debian packages `make deb` and `make e2e` need (`make deps-e2e` installs them).
+# Debian packages the demo and the tests need (`make fresh` proves the list complete on a minimal Debian 12).
+# openssh-server: tests/test_fleet.py runs a real sshd (and ssh, ssh-keygen from openssh-client, its dependency).
+# procps: /bin/kill, which hxd.service's ExecReload= names (tests/test_units.py: systemd-analyze verify checks it).
+DEB_PACKAGES := dbus python3-venv make systemd util-linux rsync openssh-server procps
+# Debian packages `make deb`, `make e2e` and `make fresh` need (`make deps-e2e` installs them); ca-certificates: the
+# CA bundle `make fresh` carries into its roots.
 DEB_BUILD_PACKAGES := debhelper dpkg-dev git lintian python3-pip python3.11-venv \
-	mmdebstrap debian-archive-keyring mount systemd-container util-linux
+	mmdebstrap debian-archive-keyring mount systemd-container util-linux ca-certificates
 
-.PHONY: deps venv demo sandbox test lint lock bench clean deps-e2e deb e2e
+.PHONY: deps venv demo sandbox test lint lock bench clean deps-e2e deb e2e fresh
 
 deps:
 	apt-get update
@@ -49,10 +54,11 @@ test: lint
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check hxd hxsandbox tests tools bench tools/gpu-check tools/e2e
-	$(BIN)/ruff format --check hxd hxsandbox tests tools bench tools/gpu-check tools/e2e
+	$(BIN)/ruff check hxd hxsandbox tests tools bench tools/gpu-check tools/e2e tools/fresh
+	$(BIN)/ruff format --check hxd hxsandbox tests tools bench tools/gpu-check tools/e2e tools/fresh
 	$(BIN)/mypy
 	$(BIN)/mypy --strict tools/e2e  # apart: mypy takes each extensionless script for the module __main__
+	$(BIN)/mypy --strict tools/fresh
 
 # Regenerate both lock files from pyproject.toml (needs network access to PyPI).
 lock:
@@ -93,6 +99,10 @@ deb:
 # Needs root: mmdebstrap, systemd-nspawn and nsenter (packaging/README.md).
 e2e:
 	tools/e2e
+
+# Needs root: mmdebstrap and systemd-nspawn (packaging/README.md). Tests the committed HEAD, not the working tree.
+fresh:
+	tools/fresh
 
 clean:
 	rm -rf $(VENV) dist build *.egg-info

@@ -1,14 +1,12 @@
 """One node, one changer: hxd's jobs and hxctl --offline's exclude each other through the node lock.
 
 Each direction is tested with real processes: hxd on the private bus with a job held in flight (a slow Ollama
-stop or slow first tokens), then `hxctl --offline` on the same config; and an offline hxctl frozen with SIGSTOP
-while it holds the lock (its record names it), then hxd asked over busctl.
+stop or slow first tokens), then `hxctl --offline` on the same config; and an offline hxctl that stops itself (SIGSTOP)
+the moment it holds the lock, then hxd asked through hxctl, which names the D-Bus error.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import signal
 import subprocess
@@ -21,7 +19,6 @@ from busctl import call_manager, hxctl
 from conftest import StartHxd, start_on_node
 from migrate_support import readable_models
 
-from hxd.core import nodelock
 from hxd.core.config import Config
 from hxd.core.migrate import journal as journals
 from hxsandbox.systemd import OllamaService
@@ -103,29 +100,38 @@ def frozen_offline(node: Config) -> Iterator[list[subprocess.Popen[str]]]:
         process.wait(60)
 
 
-def freeze_holding(
-    processes: list[subprocess.Popen[str]], hxd: HxdProcess, state_dir: Path, kind: str, *args: str
-) -> int:
-    """Start ``hxctl --offline ARGS``, wait until its record is in ``<kind>.lock`` (it holds the lock), freeze it."""
-    command = [sys.executable, "-c", "from hxd.cli import main; raise SystemExit(main())"]
+# hxctl itself, stopping itself (SIGSTOP) the moment its job holds the node's locks: a job that stays in flight
+# for as long as the test needs, however quick its work (an audit of a small tree takes milliseconds).
+FROZEN_HXCTL = """
+import os, signal
+from hxd.core import runner
+reserve = runner.JobRunner.reserve
+def frozen(self, *args, **kwargs):
+    job = reserve(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return job
+runner.JobRunner.reserve = frozen
+from hxd.cli import main
+raise SystemExit(main())
+"""
+
+
+def freeze_holding(processes: list[subprocess.Popen[str]], hxd: HxdProcess, *args: str) -> int:
+    """Start ``hxctl --offline ARGS`` and wait until it has stopped itself holding its job's locks."""
     process = subprocess.Popen(
-        [*command, "--offline", "--config", str(hxd.config), *args],
+        [sys.executable, "-c", FROZEN_HXCTL, "--offline", "--config", str(hxd.config), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd="/",
     )
     processes.append(process)
-    record = state_dir / nodelock.LOCK_DIR / f"{kind}.lock"
 
-    def holds() -> bool:
-        try:
-            return json.loads(record.read_text() or "{}").get("pid") == process.pid
-        except FileNotFoundError:
-            return False
+    def stopped() -> bool:
+        assert process.poll() is None, process.communicate()
+        return Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
 
-    wait_until(holds, 30, f"hxctl --offline {' '.join(args)} to hold {record}")
-    os.kill(process.pid, signal.SIGSTOP)
+    wait_until(stopped, 30, f"hxctl --offline {' '.join(args)} to hold the node")
     return process.pid
 
 
@@ -148,7 +154,7 @@ def test_hxd_is_busy_while_an_offline_job_holds_the_node(
     message: str,
 ) -> None:
     hxd = start_on_node(start_hxd, node)
-    pid = freeze_holding(frozen_offline, hxd, node.paths.state_dir, kind, *args)
+    pid = freeze_holding(frozen_offline, hxd, *args)
     refused = hxctl("--bus", bus.address, *args)  # hxctl names the D-Bus error: org.hxinfra.hxd1.Error.Busy
     assert refused.returncode == 1, refused
     assert re.fullmatch(

@@ -1,4 +1,4 @@
-"""hxd.core.envfile against systemd 252: the shipped test vectors, systemd's own parser, and the writer's guarantees.
+"""hxd.core.envfile_* against systemd 252: the shipped test vectors, systemd's own parser, and the writer's guarantees.
 
 The differential tests run ``libsystemd-shared-252.so`` (Debian package ``libsystemd-shared``) in a child process,
 see ``systemd252_oracle.py``. They fail, never skip, when the library is missing: without it nothing shows the
@@ -29,15 +29,9 @@ from typing import Any
 import pytest
 from busctl import as_user
 
-from hxd.core.envfile import (
-    READ_LIMIT,
-    EnvFile,
-    format_assignment,
-    parse_envfile,
-    read_envfile,
-    set_variable,
-    with_variable,
-)
+from hxd.core.envfile_parser import READ_LIMIT, EnvFile, parse_envfile
+from hxd.core.envfile_reader import read_envfile
+from hxd.core.envfile_writer import format_assignment, set_variable, with_variable
 from hxd.core.errors import Failed, HxdError, InvalidArgs, Unreadable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -457,7 +451,7 @@ def test_read_envfile_unreadable(world_tmp: Path) -> None:
     path.chmod(0)
     code = (
         "import sys; from pathlib import Path\n"
-        "from hxd.core.envfile import read_envfile; from hxd.core.errors import Unreadable\n"
+        "from hxd.core.envfile_reader import read_envfile; from hxd.core.errors import Unreadable\n"
         "try: read_envfile(Path(sys.argv[1]))\n"
         "except Unreadable as e: print(e)"
     )
@@ -691,7 +685,7 @@ def test_set_variable_in_a_read_only_directory(world_tmp: Path) -> None:
     world_tmp.chmod(0o555)
     code = (
         "import sys; from pathlib import Path\n"
-        "from hxd.core.envfile import set_variable; from hxd.core.errors import Failed\n"
+        "from hxd.core.envfile_writer import set_variable; from hxd.core.errors import Failed\n"
         "try: set_variable(Path(sys.argv[1]), 'A', '2')\n"
         "except Failed as e: print(e)"
     )

@@ -18,7 +18,8 @@ from typing import Any
 import structlog
 
 from hxd import __version__
-from hxd.core.audit import AuditResult, run_audit
+from hxd.core.audit import run_audit
+from hxd.core.audit_report import AuditResult
 from hxd.core.config import Config, load_config
 from hxd.core.envfile_reader import read_envfile, read_envfile_fd
 from hxd.core.errors import InvalidConfig

@@ -268,6 +268,7 @@ class Checks:
         return account.uid, account.gid
 
     def symlink(self, path: str) -> None:
+        """HX202-HX204: the walk never follows a symlink, so say where one leads when that is a problem."""
         try:
             real = os.path.realpath(path, strict=True)
         except (FileNotFoundError, NotADirectoryError):
@@ -306,6 +307,7 @@ class Checks:
         return any(real == top or real.startswith(top.rstrip("/") + "/") for top in self.territory)
 
     def env_not_regular(self, path: str, what: str) -> None:
+        """HX223: the env file's owner and mode are only judged on the file itself, not on a link or a directory."""
         self.report.add(
             "HX223",
             "warning",
@@ -359,6 +361,7 @@ class Checks:
                 )
 
     def unreadable(self, path: str, exc: OSError | None) -> None:
+        """HX291: nothing was checked at ``path`` (``exc`` None: it was replaced while the audit ran)."""
         reason = exc.strerror if exc is not None else "it was replaced while the audit ran"
         self.report.add(
             "HX291",

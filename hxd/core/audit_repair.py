@@ -1,7 +1,7 @@
 """The repairs ``--fix`` makes: modes and owners of regular files and directories inside the managed paths.
 
-Never the directories above them, and never what the audit did not see as it is now. ``repair`` reaches each entry
-again from its managed path's real directory, one ``O_PATH|O_NOFOLLOW`` component at a time, and refuses it if it
+Never the directories above them, and never an entry that changed since the audit saw it: ``repair`` reaches each
+entry again from its managed path's real directory, one ``O_PATH|O_NOFOLLOW`` component at a time, and refuses it if it
 is no longer the very inode with the very mode and owner the audit saw (TOCTOU); the change is then made through
 that descriptor, so a path swapped meanwhile cannot redirect it. A file with other hard links is never changed,
 since the change would reach its other names (``refusal``, which the checks also ask, so that the report says so).

@@ -16,7 +16,7 @@ from dbus_fast import DBusError, PropertyAccess
 from dbus_fast.annotations import DBusObjectPath, DBusSignature, DBusStr
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
-from hxd.core.envfile import read_envfile
+from hxd.core.envfile_reader import read_envfile
 from hxsandbox.world import BusService, OllamaStub
 
 JobRemovedSignal = Annotated[tuple[int, str, str, str], DBusSignature("uoss")]

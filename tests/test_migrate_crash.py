@@ -18,7 +18,7 @@ import pytest
 from migrate_support import FakeController, make_legacy_node, node_config, old_store, readable_models, snapshot
 
 from hxd.core.config import Config, dump_config
-from hxd.core.envfile import read_envfile
+from hxd.core.envfile_reader import read_envfile
 from hxd.core.jobs import JobControl
 from hxd.core.migrate import journal as journals
 from hxd.core.migrate.runner import Migration

@@ -4,9 +4,12 @@
 Why this exists: hxd migrates Ollama model stores and smoke-tests first-token latency, and its tests, ``make demo``
 and the Debian 12 end-to-end containers need an ``ollama.service`` that behaves like the real server at its edges
 (disk layout, name resolution, status codes, error bodies, NDJSON streaming, startup pruning) without GPUs or
-gigabytes of weights. Real Ollama cannot be installed here, so this file is the "true edge" fake. It is a single
-file that uses only the Python 3.11 standard library, because it is copied into bare containers that only have
-``python3``.
+gigabytes of weights. Real Ollama cannot be installed here, so this file is the "true edge" fake.
+
+Why one file of this size, and only the standard library: ``tools/e2e`` copies this file alone into a bare Debian 12
+container (``/usr/local/lib/ollama-stub/ollama_stub.py``) and runs it as ``ollama.service`` with
+``ExecStart=/usr/bin/python3``, Debian's Python 3.11, with no checkout, venv or hxd on its path. A module split off
+from it would not travel with it, so it stays one file.
 
 Every behaviour follows ``docs/ollama.md``, which describes ``github.com/ollama/ollama`` at commit
 ``fb30760996871fa9460115c753afd2c60d4ab0f7``. Where that page is silent, the code was read at that same commit;

@@ -17,7 +17,7 @@ from hxd.bus.auth import Authority
 from hxd.bus.connection import current_message
 from hxd.bus.jobs import JobExporter, job_path, to_variants
 from hxd.bus.methods import HxdInterface, method, parse_options
-from hxd.core.audit import AuditResult
+from hxd.core.audit_report import AuditResult
 from hxd.core.engine import Engine
 from hxd.core.errors import InvalidArgs, InvalidConfig
 from hxd.core.modelref import BadReference, parse_ref

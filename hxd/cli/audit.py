@@ -20,7 +20,7 @@ from hxd.cli.common import (
     run_offline,
     totals,
 )
-from hxd.core.audit import AuditResult
+from hxd.core.audit_report import AuditResult
 
 FINDING_KEYS = ("code", "severity", "path", "message", "hint")
 CHANGE_KEYS = ("path", "what", "before", "after")

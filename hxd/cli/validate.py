@@ -12,7 +12,8 @@ from typing import Any
 from dbus_fast import Variant
 
 from hxd.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, call_hxd, counted, offline_engine, print_findings, totals
-from hxd.core.envfile import format_assignment, open_envfile, read_envfile
+from hxd.core.envfile_reader import open_envfile, read_envfile
+from hxd.core.envfile_writer import format_assignment
 from hxd.core.errors import Unreadable
 from hxd.core.validate import Options
 

@@ -171,7 +171,7 @@ _MODE_EXAMPLES = {"file_mode": '"0644"', "dir_mode": '"0755"', "env_file_mode": 
 
 
 def _mode_problem(key: str, mode: int) -> str:
-    """What hxd.core.audit would find on an entry with this ``audit.<key>`` mode (and the owner --fix gives it)."""
+    """What the audit (hxd.core.audit_checks) finds on an entry with this ``audit.<key>`` mode and --fix's owner."""
     if mode & stat.S_IWOTH:
         return "lets any local user write (o+w), which the audit reports as HX200"
     if mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX):

@@ -18,9 +18,10 @@ from typing import Any
 import structlog
 
 from hxd import __version__
-from hxd.core.audit import AuditResult, run_audit
+from hxd.core.audit import run_audit
+from hxd.core.audit_report import AuditResult
 from hxd.core.config import Config, load_config
-from hxd.core.envfile import read_envfile, read_envfile_fd
+from hxd.core.envfile_reader import read_envfile, read_envfile_fd
 from hxd.core.errors import InvalidConfig
 from hxd.core.features import FEATURES, Feature, FeatureState
 from hxd.core.jobs import JobControl, JobSummary

@@ -2,7 +2,7 @@
 
 ``hxctl inventory`` prints it on each node; ``hxctl fleet`` gathers it over SSH. Everything here is read from the
 node's own files, as systemd and Ollama would see them: the effective config, the environment systemd passes to
-Ollama (hxd.core.envfile), the store's layout and its models by manifest digest, the digest pins.
+Ollama (hxd.core.envfile_reader), the store's layout and its models by manifest digest, the digest pins.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from hxd import __version__
 from hxd.core.config import Config
-from hxd.core.envfile import read_envfile
+from hxd.core.envfile_reader import read_envfile
 from hxd.core.errors import HxdError, Unreadable
 from hxd.core.modelref import BadReference, parse_ref
 from hxd.core.store import Store, StoreError

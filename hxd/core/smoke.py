@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hxd.core.config import Config
-from hxd.core.envfile import read_envfile
+from hxd.core.envfile_reader import read_envfile
 from hxd.core.errors import Failed
 from hxd.core.jobs import JobControl
 from hxd.core.logfile import append_lines

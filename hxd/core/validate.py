@@ -3,7 +3,7 @@
 Each finding has a stable code (HX1xx), a severity, the line, the key, a one-line message and a fix hint. Codes are
 a contract for scripts and never change meaning; the table is in hxctl(1) and README.md.
 
-- HX100-HX108: how systemd 252 reads the file (see hxd.core.envfile), where it differs from what the author meant.
+- HX100-HX108: how systemd 252 reads the file (hxd.core.envfile_parser), where it differs from what the author meant.
 - HX110-HX118: the model variables ``OLLAMA_MODEL_<NAME>`` and the list ``OLLAMA_MODELS_AVAILABLE``.
 - HX120-HX124: ``OLLAMA_MODELS`` and the canonical layout.
 - HX130-HX135: with ``store``, each configured model against the store on disk (``deep``: every blob's sha256).
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from hxd.core.config import Config
-from hxd.core.envfile import Assignment, EnvFile
+from hxd.core.envfile_parser import Assignment, EnvFile
 from hxd.core.modelref import BadReference, ModelRef, parse_ref
 from hxd.core.ollama_api import OllamaUnavailable, list_models
 from hxd.core.store import Store, StoreError

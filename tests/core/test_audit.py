@@ -18,7 +18,9 @@ from conftest import system_account
 
 from hxd.cli import audit as audit_cli
 from hxd.core import audit as audit_module
-from hxd.core.audit import AuditReport, Finding, audit, repair, run_audit
+from hxd.core.audit import audit, run_audit
+from hxd.core.audit_repair import repair
+from hxd.core.audit_report import AuditReport, Change, Finding
 from hxd.core.config import Config, OllamaConfig, PathsConfig, dump_config
 from hxd.core.errors import Cancelled
 from hxd.core.jobs import JobControl, JobState
@@ -355,7 +357,7 @@ def test_the_entry_cap_stops_the_walk(node: Node, monkeypatch: pytest.MonkeyPatc
 
 
 def test_the_findings_cap_keeps_the_report_bounded(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audit_module, "MAX_FINDINGS", 3)
+    monkeypatch.setattr("hxd.core.audit_report.MAX_FINDINGS", 3)
     for index in range(5):
         path = node.paths.bulk / f"open{index}"
         path.write_bytes(b"")
@@ -365,7 +367,7 @@ def test_the_findings_cap_keeps_the_report_bounded(node: Node, monkeypatch: pyte
     assert len(result.changes) == 3  # the listed ones
     report = run_audit(node.config).report
     assert len(report.findings) == 2 and report.errors == 2
-    monkeypatch.setattr(audit_module, "MAX_FINDINGS", 1)
+    monkeypatch.setattr("hxd.core.audit_report.MAX_FINDINGS", 1)
     for index in range(5):
         (node.paths.bulk / f"open{index}").chmod(0o666)
     report = audit(node.config)
@@ -401,10 +403,9 @@ def test_a_cancel_during_the_repairs_still_lists_every_change(node: Node, monkey
     os.chown(node.paths.bulk / "open", *node.ollama)
     (node.paths.bulk / "open").chmod(0o666)
     control = JobControl("audit")
-    real_repair = audit_module.repair
 
-    def repair_then_cancel(report: AuditReport, control: JobControl | None = None) -> list[audit_module.Change]:
-        changes = real_repair(report, control)
+    def repair_then_cancel(report: AuditReport, control: JobControl | None = None) -> list[Change]:
+        changes = repair(report, control)
         assert control is not None
         control.cancel()
         return changes
@@ -493,7 +494,7 @@ def test_fix_refuses_what_changed_since_the_audit(node: Node, monkeypatch: pytes
 
     swapped: list[dict[str, tuple[int, int, int, int]]] = []
 
-    def swap_then_repair(report: AuditReport, control: JobControl | None = None) -> list[audit_module.Change]:
+    def swap_then_repair(report: AuditReport, control: JobControl | None = None) -> list[Change]:
         replacement = target.with_name("replacement")
         replacement.write_bytes(b"y")
         os.chown(replacement, *node.ollama)
@@ -501,9 +502,8 @@ def test_fix_refuses_what_changed_since_the_audit(node: Node, monkeypatch: pytes
         replacement.rename(target)  # another inode, with the same name, mode and owner
         other.chmod(0o777)  # the same inode, with another mode
         swapped.append(snapshot(node.base))
-        return real_repair(report, control)
+        return repair(report, control)
 
-    real_repair = audit_module.repair
     monkeypatch.setattr(audit_module, "repair", swap_then_repair)
     result = run_audit(node.config, fix=True)
     assert snapshot(node.base) == swapped[0]

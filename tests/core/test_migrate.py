@@ -22,7 +22,7 @@ from migrate_support import (
 )
 
 from hxd.core.config import Config
-from hxd.core.envfile import read_envfile
+from hxd.core.envfile_reader import read_envfile
 from hxd.core.errors import Cancelled, Failed, Refused
 from hxd.core.jobs import JobControl, JobState
 from hxd.core.migrate import journal as journals

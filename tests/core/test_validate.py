@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hxd.core.config import Config, PathsConfig
-from hxd.core.envfile import parse_envfile
+from hxd.core.envfile_parser import parse_envfile
 from hxd.core.validate import Finding, Options, Report, validate
 from hxsandbox.samplestore import blob_path, make_node, manifest_path, sample_env, sha256_digest
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hxd.core.accounts import Account, can_enter, ollama_account
 from hxd.core.config import Config
-from hxd.core.envfile import read_envfile
+from hxd.core.envfile_reader import read_envfile
 from hxd.core.errors import Refused, Unreadable
 from hxd.core.paths import nearest_existing
 from hxd.core.store import Store, StoreError

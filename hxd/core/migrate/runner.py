@@ -29,7 +29,7 @@ import structlog
 
 from hxd.core.atomic import replace_file
 from hxd.core.config import Config
-from hxd.core.envfile import set_variable
+from hxd.core.envfile_writer import set_variable
 from hxd.core.errors import Cancelled, Failed, Refused
 from hxd.core.jobs import JobControl
 from hxd.core.migrate import journal as journals

@@ -1,8 +1,8 @@
-"""systemd 252 ``EnvironmentFile=``: a byte-exact reader and a writer that round-trips through it.
+"""systemd 252's ``EnvironmentFile=`` parser: what a service gets from these exact bytes, and where each part came from.
 
 Why a port and not python-dotenv or ``bash``: on real files both disagree with systemd most of the time (trailing
 ``# comments``, ``export``, escapes, text glued after a closing quote, invalid names, bad bytes), and the only
-question hxd has to answer is "what will the service see?". So the reader below is systemd 252's own state machine
+question hxd has to answer is "what will the service see?". So the parser below is systemd 252's own state machine
 (``src/basic/env-file.c`` ``parse_env_file_internal()``), followed by what PID1 does next
 (``load_env_file_push()``, ``strv_env_replace_consume()``, ``strv_env_clean_with_callback()``), state for state.
 The tests compare it with ``libsystemd-shared-252.so`` on tens of thousands of random files.
@@ -11,6 +11,10 @@ On top of what systemd computes, every assignment keeps where it came from (byte
 facts a validator needs to explain a surprise (text glued after a quote, a ``#`` that looks like a comment, an
 unterminated quote, a continuation line). No validator rules live here: this module only says what systemd does.
 
+It works on bytes and touches no disk: ``envfile_reader`` reads a file the way PID1 does and parses it here,
+``envfile_writer`` sets a variable so that this parser reads it back (which is why the writer sees the parser's
+state at end of file and systemd's name and quoting rules, exported below).
+
 Nothing here imports D-Bus: the core layer must work offline.
 """
 
@@ -18,16 +22,10 @@ from __future__ import annotations
 
 import bisect
 import enum
-import errno
 import os
 import re
-import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-
-from hxd.core.atomic import replace_file
-from hxd.core.errors import Failed, InvalidArgs, Unreadable
+from dataclasses import dataclass, field
 
 READ_LIMIT = 64 * 1024 * 1024 - 1
 """systemd's ``READ_FULL_BYTES_MAX`` (``fileio.c``): a larger file fails to load as a whole."""
@@ -37,9 +35,10 @@ _SINGLE_QUOTE, _DOUBLE_QUOTE = 0x27, 0x22
 _NEWLINE = b"\n\r"
 _BLANK = b" \t"
 _COMMENT_START = b"#;"
-_SHELL_NEED_ESCAPE = '"\\`$'  # the only characters a backslash escapes inside "..."
-_SHELL_NEED_QUOTES = _SHELL_NEED_ESCAPE + "*?['()<>|&;!"
-_DQ_ESCAPABLE = _SHELL_NEED_ESCAPE.encode()
+SHELL_NEED_ESCAPE = '"\\`$'
+"""The only characters a backslash escapes inside ``"..."`` (systemd's ``SHELL_NEED_ESCAPE``), so the only ones
+the writer escapes there."""
+_DQ_ESCAPABLE = SHELL_NEED_ESCAPE.encode()
 
 _SKIP_WHITESPACE = re.compile(rb"[ \t\n\r]*")
 _SKIP_BLANKS = re.compile(rb"[ \t]*")
@@ -51,13 +50,10 @@ _COMMENT_RUN = re.compile(rb"[^\\\n\r]*")
 _HASH_AFTER_BLANK = re.compile(rb"[ \t]#")
 _LINE_BREAK = re.compile(rb"\r\n?|\n")
 
-_NONCHARACTER = re.compile(
+NONCHARACTER = re.compile(
     "[\ufdd0-\ufdef" + "".join(chr(plane << 16 | 0xFFFE) + chr(plane << 16 | 0xFFFF) for plane in range(17)) + "]"
 )
-_UNREPRESENTABLE = re.compile("[\x00\ud800-\udfff]|" + _NONCHARACTER.pattern)
-# write_env_var() quotes a value with a control character (below 0x20, or DEL), a blank or SHELL_NEED_QUOTES in it.
-_NEEDS_QUOTES = re.compile("[\x00-\x20\x7f" + re.escape(_SHELL_NEED_QUOTES) + "]")
-_NEEDS_BACKSLASH = re.compile("[" + re.escape(_SHELL_NEED_ESCAPE) + "]")
+"""The noncharacters that systemd's ``unichar_is_valid()`` refuses and Python's UTF-8 codec accepts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +111,11 @@ class EnvFile:
     swallowed_lines: list[int] = field(default_factory=list)
 
 
-class _State(enum.IntEnum):
-    """The states of ``parse_env_file_internal()``, same names and same meaning; values index ``_Scanner.steps``."""
+class ParserState(enum.IntEnum):
+    """The states of ``parse_env_file_internal()``, same names and same meaning; values index ``_Scanner.steps``.
+
+    Public because an appending writer must know the state at end of file (``scan_envfile``).
+    """
 
     PRE_KEY = 0
     KEY = 1
@@ -132,15 +131,18 @@ class _State(enum.IntEnum):
 
 _PUSH_AT_EOF = frozenset(
     {
-        _State.PRE_VALUE,
-        _State.VALUE,
-        _State.VALUE_ESCAPE,
-        _State.SINGLE_QUOTE_VALUE,
-        _State.DOUBLE_QUOTE_VALUE,
-        _State.DOUBLE_QUOTE_VALUE_ESCAPE,
+        ParserState.PRE_VALUE,
+        ParserState.VALUE,
+        ParserState.VALUE_ESCAPE,
+        ParserState.SINGLE_QUOTE_VALUE,
+        ParserState.DOUBLE_QUOTE_VALUE,
+        ParserState.DOUBLE_QUOTE_VALUE_ESCAPE,
     }
 )
-_IN_QUOTES = frozenset({_State.SINGLE_QUOTE_VALUE, _State.DOUBLE_QUOTE_VALUE, _State.DOUBLE_QUOTE_VALUE_ESCAPE})
+IN_QUOTES = frozenset(
+    {ParserState.SINGLE_QUOTE_VALUE, ParserState.DOUBLE_QUOTE_VALUE, ParserState.DOUBLE_QUOTE_VALUE_ESCAPE}
+)
+"""States inside an open quote: at end of file the quote is unterminated, and anything appended would join it."""
 
 
 @dataclass(slots=True)
@@ -180,10 +182,10 @@ def _decode(raw: bytes) -> tuple[str, bool]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("utf-8", "replace"), False
-    return text, _NONCHARACTER.search(text) is None
+    return text, NONCHARACTER.search(text) is None
 
 
-def _name_is_valid(name: str, arg_max: int) -> bool:
+def name_is_valid(name: str, arg_max: int) -> bool:
     """``env_name_is_valid()``: bash's rule ``[A-Za-z_][A-Za-z0-9_]*``, at most ARG_MAX - 2 bytes.
 
     For ASCII text ``str.isidentifier()`` is exactly that rule, and much cheaper than a regular expression.
@@ -191,16 +193,16 @@ def _name_is_valid(name: str, arg_max: int) -> bool:
     return name.isascii() and name.isidentifier() and len(name) <= arg_max - 2
 
 
-def _assignment_is_valid(key: str, value: str, arg_max: int) -> bool:
+def assignment_is_valid(key: str, value: str, arg_max: int) -> bool:
     """``env_assignment_is_valid()`` for a loaded (hence valid UTF-8) assignment.
 
     systemd checks the name, the value (at most ARG_MAX - 3 bytes) and ``KEY=VALUE`` (at most ARG_MAX - 1 bytes);
     with a name of at least one byte the total bound already implies the value bound, so only the total is checked.
     """
-    return _name_is_valid(key, arg_max) and len(key.encode()) + 1 + len(value.encode()) <= arg_max - 1
+    return name_is_valid(key, arg_max) and len(key.encode()) + 1 + len(value.encode()) <= arg_max - 1
 
 
-def _arg_max() -> int:
+def sysconf_arg_max() -> int:
     """``sysconf(_SC_ARG_MAX)``, which systemd uses to drop overlong assignments; a quarter of the stack limit."""
     return os.sysconf("SC_ARG_MAX")
 
@@ -216,10 +218,10 @@ class _Scanner:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.pos = 0
-        self.state = self.eof_state = _State.PRE_KEY
+        self.state = self.eof_state = ParserState.PRE_KEY
         self.pending = _Pending(0, bytearray())
         self.lines = _Lines(data)
-        self.arg_max = _arg_max()
+        self.arg_max = sysconf_arg_max()
         self.assignments: list[Assignment] = []
         self.error: str | None = None
         self.keyless: list[int] = []
@@ -244,8 +246,8 @@ class _Scanner:
             steps[self.state]()
         self.eof_state = self.state
         if self.state in _PUSH_AT_EOF:
-            self._push(size, trim=self.state is _State.VALUE)
-        elif self.state is _State.KEY:
+            self._push(size, trim=self.state is ParserState.VALUE)
+        elif self.state is ParserState.KEY:
             self.keyless.append(self.lines.of(self.pending.start))
 
     def _next(self, pattern: re.Pattern[bytes]) -> tuple[int, int | None]:
@@ -264,19 +266,19 @@ class _Scanner:
         if c is None:
             return
         if c in _COMMENT_START:
-            self.state = _State.COMMENT
+            self.state = ParserState.COMMENT
         else:  # even '=' starts a key here, so "=A=1" has the key "=A"
             self.pending = _Pending(self.pos - 1, bytearray((c,)))
-            self.state = _State.KEY
+            self.state = ParserState.KEY
 
     def _key(self) -> None:
         start, c = self._next(_KEY_RUN)
         self.pending.key += self.data[start : self.pos if c is None else self.pos - 1]
         if c == _EQUALS:
-            self.state = _State.PRE_VALUE
+            self.state = ParserState.PRE_VALUE
         elif c is not None:  # a line break: a line without '=' is dropped silently
             self.keyless.append(self.lines.of(self.pending.start))
-            self.state = _State.PRE_KEY
+            self.state = ParserState.PRE_KEY
 
     def _pre_value(self) -> None:
         _, c = self._next(_SKIP_BLANKS)
@@ -288,15 +290,15 @@ class _Scanner:
             return
         pending.glued |= pending.quoted  # back here after a closing quote: whatever follows is appended
         if c == _SINGLE_QUOTE:
-            pending.quoted, self.state = True, _State.SINGLE_QUOTE_VALUE
+            pending.quoted, self.state = True, ParserState.SINGLE_QUOTE_VALUE
         elif c == _DOUBLE_QUOTE:
-            pending.quoted, self.state = True, _State.DOUBLE_QUOTE_VALUE
+            pending.quoted, self.state = True, ParserState.DOUBLE_QUOTE_VALUE
         elif c == _BACKSLASH:
-            self.state = _State.VALUE_ESCAPE
+            self.state = ParserState.VALUE_ESCAPE
         else:
             pending.value.append(c)
             pending.inline_comment |= c == _HASH and self.data[at - 1] in _BLANK
-            self.state = _State.VALUE
+            self.state = ParserState.VALUE
 
     def _value(self) -> None:
         start, c = self._next(_VALUE_RUN)
@@ -305,7 +307,7 @@ class _Scanner:
             self._append_unquoted(start, end)
         if c == _BACKSLASH:
             self.pending.trim_at = None
-            self.state = _State.VALUE_ESCAPE
+            self.state = ParserState.VALUE_ESCAPE
         elif c is not None:
             self._push(end, trim=True)
 
@@ -327,21 +329,21 @@ class _Scanner:
             self.pending.continued = True
         else:
             self.pending.value.append(c)
-        self.state = _State.VALUE
+        self.state = ParserState.VALUE
 
     def _single_quote(self) -> None:
         start, c = self._next(_SINGLE_QUOTED_RUN)
         self.pending.value += self.data[start : self.pos if c is None else self.pos - 1]
         if c is not None:
-            self.state = _State.PRE_VALUE
+            self.state = ParserState.PRE_VALUE
 
     def _double_quote(self) -> None:
         start, c = self._next(_DOUBLE_QUOTED_RUN)
         self.pending.value += self.data[start : self.pos if c is None else self.pos - 1]
         if c == _DOUBLE_QUOTE:
-            self.state = _State.PRE_VALUE
+            self.state = ParserState.PRE_VALUE
         elif c is not None:
-            self.state = _State.DOUBLE_QUOTE_VALUE_ESCAPE
+            self.state = ParserState.DOUBLE_QUOTE_VALUE_ESCAPE
 
     def _double_quote_escape(self) -> None:
         c = self.data[self.pos]
@@ -352,21 +354,21 @@ class _Scanner:
             self.pending.continued = True
         else:
             self.pending.value += bytes((_BACKSLASH, c))
-        self.state = _State.DOUBLE_QUOTE_VALUE
+        self.state = ParserState.DOUBLE_QUOTE_VALUE
 
     def _comment(self) -> None:
         _, c = self._next(_COMMENT_RUN)
         if c == _BACKSLASH:
-            self.state = _State.COMMENT_ESCAPE
+            self.state = ParserState.COMMENT_ESCAPE
         elif c is not None:
-            self.state = _State.PRE_KEY
+            self.state = ParserState.PRE_KEY
 
     def _comment_escape(self) -> None:
         """systemd 252 eats any byte after a backslash in a comment, even LF: the next line becomes comment too."""
         if self._swallows_line(self.pos):
             self.swallowed.append(self.lines.of(self.pos + 1))
         self.pos += 1
-        self.state = _State.COMMENT
+        self.state = ParserState.COMMENT
 
     def _swallows_line(self, at: int) -> bool:
         """True when the byte at ``at`` is a line break and the line after it has content that gets lost."""
@@ -394,15 +396,15 @@ class _Scanner:
                 end_line=self.lines.of(end - 1),
                 start=pending.start,
                 end=end,
-                valid_name=_name_is_valid(key, self.arg_max),
+                valid_name=name_is_valid(key, self.arg_max),
                 quoted=pending.quoted,
                 glued_after_quote=pending.glued,
                 inline_comment=pending.inline_comment,
-                unterminated_quote=self.state in _IN_QUOTES,
+                unterminated_quote=self.state in IN_QUOTES,
                 continued=pending.continued,
             )
         )
-        self.state = _State.PRE_KEY
+        self.state = ParserState.PRE_KEY
 
 
 def _environment(assignments: list[Assignment], arg_max: int) -> tuple[dict[str, str], list[str]]:
@@ -418,7 +420,7 @@ def _environment(assignments: list[Assignment], arg_max: int) -> tuple[dict[str,
     environment: dict[str, str] = {}
     ignored: list[str] = []
     for key, value in merged.values():
-        if _assignment_is_valid(key, value, arg_max):
+        if assignment_is_valid(key, value, arg_max):
             environment[key] = value
         else:
             ignored.append(f"{key}={value}")
@@ -441,11 +443,11 @@ def _unreadable_reason(data: bytes) -> str | None:
     return None
 
 
-def _scan(data: bytes) -> tuple[EnvFile, _State]:
+def scan_envfile(data: bytes) -> tuple[EnvFile, ParserState]:
     """Parse ``data`` and also return the parser's state at end of file, which an appending writer needs."""
     reason = _unreadable_reason(data)
     if reason is not None:
-        return _rejected_unread(reason), _State.PRE_KEY
+        return _rejected_unread(reason), ParserState.PRE_KEY
     scanner = _Scanner(data)
     scanner.run()
     loads = scanner.error is None
@@ -464,197 +466,4 @@ def _scan(data: bytes) -> tuple[EnvFile, _State]:
 
 def parse_envfile(data: bytes) -> EnvFile:
     """What systemd 252 makes of a file with these exact bytes (see ``EnvFile``); never raises for bad content."""
-    return _scan(data)[0]
-
-
-# --- reading from disk -------------------------------------------------------------------------------------------
-
-_OS_REASONS = {
-    errno.ENOENT: "does not exist",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
-    errno.ELOOP: "too many levels of symbolic links (a symlink loop?)",
-    errno.ENOTDIR: "a component of the path is not a directory",
-    errno.ENXIO: "is a socket, not a regular file",
-}
-_FILE_KINDS = {
-    stat.S_IFDIR: "a directory",
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-}
-_READ_CHUNK = 1 << 20
-
-
-def _os_reason(error: OSError) -> str:
-    """One line for an OSError, in words an operator recognises, falling back to ``strerror``."""
-    return _OS_REASONS.get(error.errno or 0, error.strerror or str(error))
-
-
-def _check_regular(path: Path, info: os.stat_result) -> None:
-    """Refuse what is not a plain file before reading a byte: a FIFO would block, a device could be endless."""
-    kind = stat.S_IFMT(info.st_mode)
-    if kind != stat.S_IFREG:
-        raise Unreadable(f"{path}: is {_FILE_KINDS.get(kind, 'a special file')}, not a regular file")
-    if info.st_size > READ_LIMIT:
-        raise Unreadable(f"{path}: is {info.st_size} bytes; systemd refuses environment files over {READ_LIMIT} bytes")
-
-
-def _read_fd(path: Path, fd: int) -> bytes:
-    """Read to end of file but never more than ``READ_LIMIT`` + 1 bytes, in case the file grows while we read."""
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := os.read(fd, min(_READ_CHUNK, READ_LIMIT + 1 - total)):
-        chunks.append(chunk)
-        total += len(chunk)
-        if total > READ_LIMIT:
-            raise Unreadable(f"{path}: grew past {READ_LIMIT} bytes while being read; systemd refuses it")
-    return b"".join(chunks)
-
-
-def open_envfile(path: Path) -> int:
-    """Open for reading without blocking (O_NONBLOCK: a FIFO with no writer must not hang us).
-
-    hxctl opens a file this way with the caller's own rights before handing the descriptor to hxd.
-    """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-    try:
-        return os.open(path, flags)
-    except OSError as error:
-        raise Unreadable(f"{path}: cannot open: {_os_reason(error)}") from error
-
-
-def _read_regular_file(path: Path) -> tuple[bytes, os.stat_result]:
-    """Open, check that it is a regular file within the limit, then read."""
-    fd = open_envfile(path)
-    try:
-        return _read_open_file(path, fd)
-    finally:
-        os.close(fd)
-
-
-def _read_open_file(path: Path, fd: int) -> tuple[bytes, os.stat_result]:
-    """Check that ``fd`` is a regular file within the size limit, then read it whole."""
-    try:
-        info = os.fstat(fd)
-        _check_regular(path, info)
-        return _read_fd(path, fd), info
-    except OSError as error:
-        raise Unreadable(f"{path}: cannot read: {_os_reason(error)}") from error
-
-
-def read_envfile(path: Path) -> EnvFile:
-    """Read ``path`` the way PID1 does and parse it; content problems come back in ``EnvFile.error``.
-
-    Raises ``Unreadable`` (one line naming the path) when the file cannot be read at all: missing, unreadable,
-    a symlink loop, a directory or other non-regular file, or larger than ``READ_LIMIT`` (judged from its size,
-    without reading it). A file that reads but that systemd rejects (NUL byte, invalid UTF-8) is not an exception:
-    the caller gets ``loads=False`` and an ``error`` that starts with the path.
-    """
-    data, _ = _read_regular_file(path)
-    return _parsed(path, data)
-
-
-def read_envfile_fd(fd: int, name: Path) -> EnvFile:
-    """Like ``read_envfile`` for a file the caller opened (hxd's D-Bus ValidateFile gets it passed as a descriptor,
-    so hxd never opens a path an unprivileged caller chose); ``name`` is only used in messages."""
-    data, _ = _read_open_file(name, fd)
-    return _parsed(name, data)
-
-
-def _parsed(path: Path, data: bytes) -> EnvFile:
-    parsed = parse_envfile(data)
-    if parsed.error is None:
-        return parsed
-    return replace(parsed, error=f"{path}: {parsed.error}")
-
-
-# --- writing -----------------------------------------------------------------------------------------------------
-
-
-def _check_representable(key: str, value: str) -> None:
-    """Refuse what systemd would drop or reject, so a write can never make a unit fail or lose the variable."""
-    if not _name_is_valid(key, _arg_max()):
-        raise InvalidArgs(
-            f"{key!r} is not a valid environment variable name: use letters, digits and '_', not starting with a digit"
-        )
-    bad = _UNREPRESENTABLE.search(value)
-    if bad is not None:
-        raise InvalidArgs(
-            f"the value for {key} contains U+{ord(bad.group()):04X}, which an environment file cannot hold"
-            " (systemd rejects NUL, surrogates and noncharacters)"
-        )
-    if not _assignment_is_valid(key, value, _arg_max()):
-        raise InvalidArgs(f"the value for {key} is too long: systemd drops assignments longer than ARG_MAX")
-
-
-def format_assignment(key: str, value: str) -> str:
-    """``KEY=VALUE`` (no line break) that systemd 252 reads back as exactly ``value``.
-
-    The rule is systemd's own writer, ``write_env_var()``: a value with a control character, a blank or a shell
-    special character is put in double quotes, with a backslash before each double quote, backslash, backquote and
-    ``$`` (the only escapes systemd undoes there); anything else is written bare. Raises ``InvalidArgs`` for a bad
-    name or a value systemd cannot represent.
-    """
-    _check_representable(key, value)
-    if _NEEDS_QUOTES.search(value) is None:
-        return f"{key}={value}"
-    return '{}="{}"'.format(key, _NEEDS_BACKSLASH.sub(lambda m: "\\" + m.group(), value))
-
-
-def _append_separator(parsed: EnvFile, state: _State, key: str) -> bytes:
-    """What must go between the old end of file and a new line so the parser starts it as a fresh key.
-
-    After a comment or a value ending in a backslash the first line break is eaten, hence two; nothing changes
-    the meaning of what was there. Inside an unterminated quote any appended text would join that value: refuse.
-    """
-    if state in _IN_QUOTES:
-        line = parsed.assignments[-1].line
-        raise Failed(
-            f"the quote opened on line {line} is never closed, so {key} cannot be appended; close that quote first"
-        )
-    if state is _State.PRE_KEY:
-        return b""
-    if state in (_State.COMMENT_ESCAPE, _State.VALUE_ESCAPE):
-        return b"\n\n"
-    return b"\n"
-
-
-def with_variable(data: bytes, key: str, value: str) -> bytes:
-    """The file ``data`` with ``key`` set to ``value``: the pure half of ``set_variable``, testable without disk.
-
-    The last assignment of ``key`` (the one systemd uses) is replaced in place, from its first byte to the line
-    break that ends it; every other byte stays as it was. Without one, a line is appended. Raises ``InvalidArgs``
-    for a bad key or value and ``Failed`` when systemd rejects the file as it is (fix that first).
-    """
-    text = format_assignment(key, value).encode()
-    parsed, state = _scan(data)
-    if not parsed.loads:
-        raise Failed(f"systemd rejects this file as it is ({parsed.error}); fix that before setting {key}")
-    last = next((a for a in reversed(parsed.assignments) if a.key == key), None)
-    if last is not None:
-        return data[: last.start] + text + data[last.end :]
-    return data + _append_separator(parsed, state, key) + text + b"\n"
-
-
-def set_variable(path: Path, key: str, value: str) -> None:
-    """Set ``key`` to ``value`` in the environment file ``path``, changing nothing else in it.
-
-    See ``with_variable`` for what changes. The new content goes to a temporary file in the same directory (so the
-    rename is atomic), is fsynced, gets the original's owner, group and mode, replaces the original by rename, and
-    the directory is fsynced. A symlink is followed, so the link stays a link. On any failure the original is left
-    as it was and no temporary file remains. Raises ``InvalidArgs`` for a bad key or value, ``Failed`` (one
-    line naming the path) for everything else.
-    """
-    format_assignment(key, value)  # refuse bad input before touching the disk
-    data, info = _read_regular_file(path)
-    try:
-        new = with_variable(data, key, value)
-    except Failed as error:
-        raise Failed(f"{path}: {error}") from error
-    target = Path(os.path.realpath(path))
-    try:
-        replace_file(target, new, like=info)
-    except OSError as error:
-        raise Failed(f"{path}: cannot write: {_os_reason(error)}") from error
+    return scan_envfile(data)[0]

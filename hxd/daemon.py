@@ -38,7 +38,7 @@ from hxd.core.features import FeatureState
 from hxd.core.jobs import JobSummary
 from hxd.core.schedule import Calendar, Interval, write_stamp
 from hxd.core.smoke import last_smoke
-from hxd.core.threads import in_daemon_thread
+from hxd.core.telemetry.sampler import Unavailable
 from hxd.metrics.gpus import metric_lines
 from hxd.metrics.page import render
 from hxd.metrics.server import bind, listen_fds, serve
@@ -184,6 +184,7 @@ class Daemon:
         log.info("stopping", inflight=manager.inflight, jobs=len(manager.jobs.running()))
         await self._stop_jobs(manager.jobs)
         await bus.release_name(names.BUS_NAME)
+        self.engine.telemetry.close()  # callers waiting for a (hung) sample are answered now, not after the drain
         try:
             async with asyncio.timeout(_DRAIN_TIMEOUT_SEC):
                 await manager.idle.wait()
@@ -195,7 +196,6 @@ class Daemon:
         await call_method(bus, names.DBUS_NAME, names.DBUS_PATH, "org.freedesktop.DBus.Peer", "Ping")
         bus.disconnect()
         await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
-        self.engine.telemetry.close()
         log.info("stopped")
         return 0
 
@@ -242,8 +242,9 @@ class Daemon:
         hxctl) skips a run rather than queue it."""
         if name == "telemetry":
             telemetry = self.engine.telemetry
-            if telemetry.due(time.monotonic()):  # False while NVML is backing off, or a sample still runs
-                await in_daemon_thread(telemetry.sample, "hxd-nvml")
+            if telemetry.due(time.monotonic()):  # False while NVML is backing off, or the last sample still runs
+                with contextlib.suppress(Unavailable):  # the feature's state says why
+                    await telemetry.read(record=True)
                 self.engine.record_telemetry()
             return
         start = (lambda: self.engine.audit(fix=False)) if name == "audit" else (lambda: self.engine.smoke(None))

@@ -12,11 +12,18 @@ NVML_AGGREGATE_ECC (the board's lifetime); anything else raises InvalidArgument.
 
 The defaults are the real H100 row of docs/gpu-telemetry.md, "CSV format" (driver 590.48.01), whose
 ``clocks.current.graphics`` equals ``clocks.current.sm`` and whose aggregate ECC totals are 0, as the volatile ones.
+
+``python -m hxsandbox.fakenvml [--gpus N] [--hung] -- HXD-ARGS`` runs hxd itself on this fake (hxd imports
+``pynvml`` at its first sample and finds the fake already imported), for the tests that need a daemon whose NVML
+hangs (hxsandbox.world.HxdProcess's ``program``).
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import ModuleType, SimpleNamespace
@@ -62,9 +69,17 @@ def h100(index: int) -> FakeGpu:
 
 class FakeNvml(ModuleType):
     """The fake module: pass it where hxd takes ``nvml``. ``init_error`` (an NVML error code) makes nvmlInit fail,
-    as on a machine without the library or the driver; ``calls`` counts the device calls answered."""
+    as on a machine without the library or the driver; ``calls`` counts the device calls answered. ``hung`` (or
+    ``hang()``) makes every call block until ``release()``, as a driver stuck in the kernel does; ``hung_calls``
+    counts the calls that found it so."""
 
-    def __init__(self, gpus: Sequence[FakeGpu] = (), driver_version: str = "590.48.01", init_error: int | None = None):
+    def __init__(
+        self,
+        gpus: Sequence[FakeGpu] = (),
+        driver_version: str = "590.48.01",
+        init_error: int | None = None,
+        hung: bool = False,
+    ):
         super().__init__("pynvml", "hxd's fake pynvml")
         for name in dir(_real):
             if name.startswith(("NVML", "nvmlMemory_v")):  # constants and error classes, the real ones
@@ -74,12 +89,30 @@ class FakeNvml(ModuleType):
         self.init_error = init_error
         self.refcount = 0
         self.calls = 0
+        self.hung_calls = 0
+        self._answering = threading.Event()
+        if not hung:
+            self._answering.set()
+
+    def hang(self) -> None:
+        """From now on every call blocks until ``release()``."""
+        self._answering.clear()
+
+    def release(self) -> None:
+        """Let blocked calls, and the calls after them, through."""
+        self._answering.set()
+
+    def _gate(self) -> None:
+        if not self._answering.is_set():
+            self.hung_calls += 1
+            self._answering.wait()
 
     def _error(self, code: int) -> Exception:
         error: Exception = _real.NVMLError(code)
         return error
 
     def _check(self) -> None:
+        self._gate()
         if self.refcount == 0:
             raise self._error(_real.NVML_ERROR_UNINITIALIZED)
 
@@ -93,6 +126,7 @@ class FakeNvml(ModuleType):
         return handle
 
     def nvmlInit(self) -> None:
+        self._gate()
         if self.init_error is not None:
             raise self._error(self.init_error)
         self.refcount += 1
@@ -193,3 +227,20 @@ class FakeNvml(ModuleType):
             raise self._error(_real.NVML_ERROR_NOT_SUPPORTED)
         mode = _real.NVML_DEVICE_MIG_ENABLE if gpu.mig else _real.NVML_DEVICE_MIG_DISABLE
         return [mode, mode]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run hxd (the arguments after ``--``) with this fake installed as ``pynvml``."""
+    parser = argparse.ArgumentParser(prog="python -m hxsandbox.fakenvml", description="hxd on a fake NVML")
+    parser.add_argument("--gpus", type=int, default=1, help="how many captured H100s (default 1)")
+    parser.add_argument("--hung", action="store_true", help="every NVML call blocks forever")
+    parser.add_argument("hxd", nargs=argparse.REMAINDER, help="-- and hxd's arguments")
+    args = parser.parse_args(argv)
+    sys.modules["pynvml"] = FakeNvml([h100(index) for index in range(args.gpus)], hung=args.hung)
+    from hxd.daemon import main as hxd_main  # after the fake is in place: nothing of hxd's has imported pynvml yet
+
+    return hxd_main(args.hxd[1:] if args.hxd[:1] == ["--"] else args.hxd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -113,7 +113,11 @@ class NotifySocket:
 
 
 class HxdProcess:
-    """hxd as a real process on a private bus, started the way systemd would (NOTIFY_SOCKET, WATCHDOG_USEC)."""
+    """hxd as a real process on a private bus, started the way systemd would (NOTIFY_SOCKET, WATCHDOG_USEC).
+
+    ``program``: the interpreter's arguments that run hxd, ``-m hxd`` by default; ``-m hxsandbox.fakenvml ... --``
+    runs it on a fake NVML.
+    """
 
     def __init__(
         self,
@@ -124,12 +128,14 @@ class HxdProcess:
         watchdog_usec: int | None = None,
         extra_env: dict[str, str] | None = None,
         log_path: Path | None = None,
+        program: tuple[str, ...] = ("-m", "hxd"),
     ) -> None:
         self.address = address
         self.config = config
         self.notify = notify
         self.watchdog_usec = watchdog_usec
         self.extra_env = extra_env or {}
+        self.program = program
         self.log_path = log_path or config.with_suffix(".log")
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
@@ -146,7 +152,7 @@ class HxdProcess:
         with self.log_path.open("ab") as log:
             self.started_at = time.monotonic()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "hxd", "--bus", self.address, "--config", str(self.config), *args],
+                [sys.executable, *self.program, "--bus", self.address, "--config", str(self.config), *args],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -24,7 +24,6 @@ from hxd.core.modelref import BadReference, parse_ref
 from hxd.core.runner import Job
 from hxd.core.schedule import iso
 from hxd.core.telemetry.recorder import rows
-from hxd.core.threads import in_daemon_thread
 from hxd.core.validate import Options, Report
 
 T = TypeVar("T")
@@ -201,8 +200,8 @@ class Manager(HxdInterface):
     async def SampleTelemetry(self) -> Rows:
         """Sample the GPUs now (not written to the CSV log): one dict per GPU, nvidia-smi's field names as keys and
         its formatted values as strings, plus state (ok, or lost: reason). Fails with Failed when NVML is not
-        available (the message says why)."""
-        sample = await in_daemon_thread(self.engine.telemetry.read_now, "hxd-nvml")
+        available or does not answer within 10 s (the message says why). Concurrent callers share one sample."""
+        sample = await self.engine.telemetry.read()
         self.engine.record_telemetry()
         return [{k: Variant("s", v) for k, v in row.items()} for row in rows(sample)]
 

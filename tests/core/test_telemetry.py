@@ -4,6 +4,7 @@ cycle), metrics that parse and never sample, rows for D-Bus, ``hxctl telemetry``
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import importlib.machinery
 import importlib.util
@@ -21,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hxd.cli import telemetry as cli
 from hxd.core import engine
 from hxd.core.config import TelemetryConfig
-from hxd.core.telemetry import smi
+from hxd.core.telemetry import recorder, smi
 from hxd.core.telemetry.recorder import MAX_BACKOFF_SEC, Telemetry, rows
 from hxd.core.telemetry.sampler import Unavailable
 from hxd.metrics.gpus import metric_lines
@@ -191,6 +192,69 @@ def test_read_now_is_not_logged_and_raises_failed_with_the_reason(tmp_path: Path
         telemetry.read_now()
     assert str(telemetry.feature).startswith("unavailable: NVML: Driver Not Loaded; ")
     assert logs == []  # the caller has the error; hxctl --offline prints it once, and nothing on stdout
+
+
+async def test_concurrent_callers_share_one_sample(tmp_path: Path) -> None:
+    telemetry, fake, _ = make(tmp_path, hung=True)
+    before = threading.active_count()
+    readers = [asyncio.ensure_future(telemetry.read()) for _ in range(100)]
+    await asyncio.sleep(0.1)
+    assert fake.hung_calls == 1 and threading.active_count() <= before + 1
+    fake.release()
+    samples = await asyncio.gather(*readers)
+    assert all(sample is samples[0] for sample in samples)
+    assert not (tmp_path / "gpu").exists()  # callers' samples are not logged
+
+
+async def test_a_hung_nvml_holds_one_thread_and_callers_get_failed_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recorder, "SAMPLE_TIMEOUT_SEC", 0.5)
+    telemetry, fake, _ = make(tmp_path, hung=True)
+    before = threading.active_count()
+    outcomes = await asyncio.gather(*(telemetry.read() for _ in range(2000)), return_exceptions=True)
+    assert all(isinstance(outcome, Unavailable) for outcome in outcomes)
+    assert re.fullmatch(
+        r"NVML did not answer within 0\.5 s \(the sample in progress was asked for [01] s ago; no other starts "
+        r"until it returns\); check `nvidia-smi` and `dmesg` for a hung driver",
+        str(outcomes[0]),
+    )
+    assert threading.active_count() <= before + 1 and fake.hung_calls == 1
+    with pytest.raises(Unavailable, match=r"^NVML did not answer within 0\.5 s"):
+        telemetry.read_now()  # a blocking caller too, and still no second thread
+    assert threading.active_count() <= before + 1 and fake.hung_calls == 1
+    fake.release()  # the driver comes back: the hung sample ends, and the next caller gets a fresh one
+    assert len((await telemetry.read()).gpus) == 1
+
+
+async def test_close_answers_waiting_callers_at_once(tmp_path: Path) -> None:
+    telemetry, fake, _ = make(tmp_path, hung=True)
+    readers = [asyncio.ensure_future(telemetry.read()) for _ in range(10)]
+    await asyncio.sleep(0.1)
+    telemetry.close()
+    async with asyncio.timeout(1):
+        outcomes = await asyncio.gather(*readers, return_exceptions=True)
+    assert {str(outcome) for outcome in outcomes} == {"hxd is stopping; no sample was taken"}
+    assert fake.refcount == 0  # NVML was never initialized: the hung call was nvmlInit
+    fake.release()
+
+
+async def test_the_timer_waits_behind_a_callers_sample_in_the_same_thread(tmp_path: Path) -> None:
+    telemetry, fake, _ = make(tmp_path, hung=True)
+    before = threading.active_count()
+    caller = asyncio.ensure_future(telemetry.read())
+    await asyncio.sleep(0.1)
+    assert telemetry.due(0.0)  # a caller's sample does not hold up the timer ...
+    timer = asyncio.ensure_future(telemetry.read(record=True))
+    await asyncio.sleep(0.1)
+    assert not telemetry.due(0.0)  # ... but its own queued sample does: ticks are skipped, never queued
+    assert threading.active_count() <= before + 1 and fake.hung_calls == 1
+    fake.release()
+    first, logged = await asyncio.gather(caller, timer)
+    assert first is not logged and first.time <= logged.time
+    lines = (tmp_path / "gpu/telemetry.csv").read_text().splitlines()
+    assert len(lines) == 2  # the header and the timer's sample, not the caller's
+    assert telemetry.due(0.0)
 
 
 def test_metrics_parse_in_base_units_with_gpu_labels(tmp_path: Path) -> None:

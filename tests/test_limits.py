@@ -1,0 +1,88 @@
+"""What an unprivileged caller cannot do to hxd (issue 15): pile up threads behind a hung NVML, hold up its stop, or
+starve it of descriptors through /metrics. hxd runs on a system-like bus (Debian's system.conf with the shipped
+policy, as in test_bus_policy) and the calls come from ``nobody``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from busctl import as_user
+from conftest import StartHxd, system_account, world_traversable_dir
+from test_bus_policy import system_like_config
+
+from hxd.core.telemetry.recorder import SAMPLE_TIMEOUT_SEC
+from hxsandbox.world import PrivateBus
+
+BURST = Path(__file__).with_name("call_burst.py")
+# hxd's threads while 2,000 SampleTelemetry calls wait on a hung NVML: the main one, the one sampling thread, and
+# the worker threads asyncio starts for file work at start (the smoke history); hxd(8), LIMITS.
+MAX_THREADS = 4
+HUNG_NVML = ("-m", "hxsandbox.fakenvml", "--hung", "--")
+
+
+@pytest.fixture(scope="module")
+def system_bus() -> Iterator[PrivateBus]:
+    system_account("hxd")  # the policy names the account; the bus resolves it when it starts
+    with (
+        world_traversable_dir("hxd-limits-bus-") as directory,
+        PrivateBus(directory, system_like_config(directory)) as bus,
+    ):
+        yield bus
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def burst(address: str, member: str, connections: int, calls: int, gap: float = 0.0) -> subprocess.Popen[str]:
+    """``connections`` x ``calls`` concurrent calls from ``nobody`` (tests/call_burst.py), a connection's calls
+    ``gap`` seconds after the previous one's; returns once all are sent."""
+    command = [*as_user("nobody"), sys.executable, str(BURST), address, member, str(connections), str(calls), str(gap)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd="/")
+    assert process.stdout is not None and process.stdout.readline() == "sent\n"
+    return process
+
+
+def test_sample_telemetry_with_a_hung_nvml(system_bus: PrivateBus, start_hxd: StartHxd) -> None:
+    """2,000 calls wait together on the one hung sample: no thread per call, every caller gets Failed after the
+    timeout, and callers still waiting do not hold up SIGTERM.
+
+    The calls go out in 40 bursts of 50 over 3 s, all waiting at once by the end; their answers come the same way.
+    2,000 answers in one burst would fill hxd's bus socket, which dbus-fast 5.2.0 takes for a disconnect (issue 15's
+    other half, the bus connection)."""
+    hxd = start_hxd(address=system_bus.address, program=HUNG_NVML)  # the timer's first sample hangs at start
+    calls = burst(system_bus.address, "SampleTelemetry", 40, 50, gap=0.075)
+    most = 0
+    while calls.poll() is None:
+        most = max(most, threads(hxd.pid))
+        time.sleep(0.1)
+    out, _ = calls.communicate()
+    result = json.loads(out)
+    assert result["replies"] == {"org.hxinfra.hxd1.Error.Failed": 2000}, result["messages"][:3]
+    assert all(
+        message.startswith(f"NVML did not answer within {SAMPLE_TIMEOUT_SEC:g} s (the sample in progress was asked")
+        for message in result["messages"]
+    ), result["messages"]
+    assert most <= MAX_THREADS and threads(hxd.pid) <= MAX_THREADS, most
+
+    waiting = burst(system_bus.address, "SampleTelemetry", 4, 50)
+    time.sleep(1)  # let hxd read them all
+    start = time.monotonic()
+    hxd.signal(signal.SIGTERM)
+    assert hxd.process is not None and hxd.process.wait(10) == 0
+    stopped = time.monotonic() - start
+    out, _ = waiting.communicate(timeout=30)
+    assert json.loads(out) == {
+        "replies": {"org.hxinfra.hxd1.Error.Failed": 200},
+        "messages": ["hxd is stopping; no sample was taken"],
+    }
+    assert stopped < 2, f"SIGTERM took {stopped:.1f} s"
+    assert "Traceback" not in hxd.log()

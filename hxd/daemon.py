@@ -114,7 +114,7 @@ class Daemon:
             loop.add_signal_handler(signum, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         metrics = (
-            await serve(metrics_socket, lambda: render(self.engine.status(), metric_lines(self.engine.telemetry.view)))
+            serve(metrics_socket, lambda: render(self.engine.status(), metric_lines(self.engine.telemetry.view)))
             if metrics_socket
             else None
         )

@@ -6,24 +6,28 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from busctl import as_user
+from busctl import as_user, manager
 from conftest import StartHxd, system_account, world_traversable_dir
 from test_bus_policy import system_like_config
 
 from hxd.core.telemetry.recorder import SAMPLE_TIMEOUT_SEC
-from hxsandbox.world import PrivateBus
+from hxd.metrics.server import MAX_CONNECTIONS
+from hxsandbox.world import PrivateBus, free_port
 
 BURST = Path(__file__).with_name("call_burst.py")
-# hxd's threads while 2,000 SampleTelemetry calls wait on a hung NVML: the main one, the one sampling thread, and
-# the worker threads asyncio starts for file work at start (the smoke history); hxd(8), LIMITS.
+# hxd's threads while 2,000 SampleTelemetry calls wait on a hung NVML: the main one, the one sampling thread
+# (hxd(8), SampleTelemetry) and asyncio's worker for file work (the smoke history at start), and one to spare.
 MAX_THREADS = 4
 HUNG_NVML = ("-m", "hxsandbox.fakenvml", "--hung", "--")
 
@@ -86,3 +90,46 @@ def test_sample_telemetry_with_a_hung_nvml(system_bus: PrivateBus, start_hxd: St
     }
     assert stopped < 2, f"SIGTERM took {stopped:.1f} s"
     assert "Traceback" not in hxd.log()
+
+
+def descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_idle_metrics_connections(system_bus: PrivateBus, start_hxd: StartHxd, tmp_path: Path) -> None:
+    """2,000 idle connections to /metrics: hxd holds at most MAX_CONNECTIONS of them, so its descriptors stay far
+    from systemd's default limit of 1,024 (set on it here), and a scrape and a Validate both answer within 1 s."""
+    port = free_port()
+    env_file = tmp_path / "ollama.env"
+    env_file.write_text("OLLAMA_HOST=127.0.0.1:11434\n")
+    config = f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    hxd = start_hxd(config, address=system_bus.address, paths={"env_file": env_file})
+    resource.prlimit(hxd.pid, resource.RLIMIT_NOFILE, (1024, 1024))
+    at_rest = descriptors(hxd.pid)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    idle: list[socket.socket] = []
+    try:
+        most = 0
+        for _ in range(2000):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            if len(idle) % 100 == 0:
+                most = max(most, descriptors(hxd.pid))
+        start = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            assert b'hxd_state{state="running"} 1' in response.read()
+        scraped = time.monotonic() - start
+        start = time.monotonic()
+        validated = manager(system_bus.address, "Validate", "a{sv}", "0")
+        took = time.monotonic() - start
+        most = max(most, descriptors(hxd.pid))
+    finally:
+        for connection in idle:
+            connection.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert validated.stdout.startswith("sba(ssusss) ")
+    assert scraped < 1 and took < 1, (scraped, took)
+    assert most <= at_rest + MAX_CONNECTIONS + 4, (at_rest, most)
+    log = hxd.log()
+    assert "Traceback" not in log
+    assert log.count("closed /metrics connections early") == 1, log  # at most one line a minute

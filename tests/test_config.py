@@ -1,8 +1,10 @@
 """The config model: the seed nodes' defaults (docs/node-layout.md), errors that name the key, the shipped file,
-check-config and dump-config."""
+check-config and dump-config, and the paths hxd refuses to work in (hxd.core.safepaths)."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -12,8 +14,10 @@ import pytest
 
 from hxd.core.config import Config, dump_config, load_config, parse_config
 from hxd.core.errors import InvalidConfig
+from hxd.core.safepaths import SHARED_DIRS, SYSTEM_TREES, check_path
 
 SHIPPED = Path(__file__).resolve().parents[1] / "packaging/hxd.toml"
+MANUAL = Path(__file__).resolve().parents[1] / "packaging/man/hxd.toml.5"
 
 
 def test_defaults_reproduce_the_seed_layout() -> None:
@@ -191,3 +195,74 @@ def test_both_schedules_are_calendar_specs() -> None:
         parse_config("[audit]\nschedule = 3\n", "f")
     config = parse_config("[smoke]\nschedule = 'Mon 01:00'\n[audit]\nschedule = 'weekly'\n", "f")
     assert (config.smoke.schedule, config.audit.schedule) == ("Mon 01:00", "weekly")
+
+
+# The hostile paths of issue 15, by the key they are given to, and what the refusal says; SYMLINK_TO_ETC stands for a
+# symlink to /etc made by the test. test_migrate_bus gives the same values to PlanMigration.
+SYMLINK_TO_ETC = "<a symlink to /etc>"
+HOSTILE = [
+    ("canonical", "/", "is / itself, which other software shares"),
+    ("bulk", "/etc", "is in /etc, which hxd never writes"),
+    ("legacy", "/proc", "is in /proc, which hxd never writes"),
+    ("canonical", "/sys/kernel", "is in /sys, which hxd never writes"),
+    ("env_file", "/etc/shadow", "is in /etc, which hxd never writes"),
+    ("bulk", "/data/../etc", "must not contain '..'"),
+    ("bulk", "/tmp/../etc", "must not contain '..'"),
+    ("legacy", SYMLINK_TO_ETC, "(which resolves to '/etc') is in /etc"),
+    ("canonical", "/data/models\nx", "has the non-printing character U+000A, got '/data/models\\nx'"),
+    ("canonical", "/etc/default", "is in /etc, which hxd never writes"),
+    ("canonical", "relative/dir", "must be an absolute path"),
+]
+
+
+def hostile_value(value: str, tmp_path: Path) -> str:
+    if value != SYMLINK_TO_ETC:
+        return value
+    link = tmp_path / "etc-link"
+    link.symlink_to("/etc")
+    return str(link)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), HOSTILE)
+def test_check_config_refuses_hostile_paths_naming_the_key(key: str, value: str, message: str, tmp_path: Path) -> None:
+    config = tmp_path / "hxd.toml"
+    config.write_text(f"[paths]\n{key} = {json.dumps(hostile_value(value, tmp_path))}\n")
+    result = hxd("--config", str(config), "check-config")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"hxd: {config}: paths.{key}: ") and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1  # one line, the newline in the value escaped
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/run/hxd",
+        "/var/run/hxd",
+        "/lib64/x",
+        "/usr/share/ollama",
+        "/var/lib/dpkg/info",
+        "/var/log/journal/x",
+        "/root/models",
+        "/opt",
+        "/var/lib",
+        "//etc",
+        "/data/\u202emodels",
+    ],
+)
+def test_the_rest_of_the_refused_list(path: str) -> None:
+    with pytest.raises(ValueError, match=r"(never writes|other software shares|non-printing)"):
+        check_path(path)
+
+
+@pytest.mark.parametrize(
+    "path", ["/var/lib/hxd", "/var/log/hxd", "/srv/models", "/opt/hx-infrastructure", "/mnt/x", "/data", "/tmp/x"]
+)
+def test_paths_of_their_own_below_shared_directories_are_fine(path: str) -> None:
+    assert str(check_path(path)) == path
+
+
+def test_the_manual_lists_exactly_the_refused_paths() -> None:
+    section = MANUAL.read_text().split(".SS Refused paths", 1)[1].split(".SH ", 1)[0]
+    trees, shared = section.split("is itself one of", 1)
+    listed = [re.findall(r"^\.IR? (/[^ \n]*)", part, re.M) for part in (trees, shared.split("(a directory")[0])]
+    assert [[path.replace("\\-", "-") for path in paths] for paths in listed] == [list(SYSTEM_TREES), list(SHARED_DIRS)]

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from conftest import StartHxd, start_on_node
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from migrate_support import readable_models
+from test_config import HOSTILE, hostile_value
 
 from hxd.bus import names
 from hxd.core.config import Config
@@ -162,6 +164,24 @@ def test_plan_refusals_reach_the_caller(bus: PrivateBus, start_hxd: StartHxd, no
     start_on_node(start_hxd, node)
     refused = call_manager(bus.address, "PlanMigration", "a{sv}", "1", "source", "s", "/nonexistent/store", check=False)
     assert refused.stderr.strip() == "Call failed: the source path /nonexistent/store does not exist"
+    assert not os.path.lexists(node.paths.canonical)
+
+
+def test_plan_refuses_hostile_paths_naming_the_option(
+    bus: PrivateBus, start_hxd: StartHxd, node: Config, tmp_path: Path
+) -> None:
+    """Issue 15's hostile paths, as PlanMigration's path options (and source's own): InvalidArgs naming the option,
+    before anything is looked at."""
+    start_on_node(start_hxd, node)
+    cases = [*HOSTILE, ("source", "/", "is / itself"), ("source", "/tmp/../etc", "must not contain '..'")]
+    for key, value, message in cases:
+        refused = call_manager(
+            bus.address, "PlanMigration", "a{sv}", "1", key, "s", hostile_value(value, tmp_path), check=False
+        )
+        assert refused.returncode == 1 and refused.stderr.startswith(f"Call failed: option {key}: "), refused.stderr
+        assert message in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr
+    cli = hxctl("--bus", bus.address, "migrate", "--dry-run", "--canonical", "/etc/default")
+    assert cli.returncode == 2 and "option canonical: '/etc/default' is in /etc" in cli.stderr  # InvalidArgs
     assert not os.path.lexists(node.paths.canonical)
 
 

@@ -31,18 +31,14 @@ from pydantic import (
 )
 
 from hxd.core.errors import InvalidConfig
+from hxd.core.safepaths import check_path
 from hxd.core.schedule import Calendar
 
 DEFAULT_CONFIG_PATH = Path("/etc/hxd/hxd.toml")
 
 
-def _absolute(path: Path) -> Path:
-    if not path.is_absolute():
-        raise ValueError(f"must be an absolute path, got {str(path)!r}")
-    return path
-
-
-AbsPath = Annotated[Path, AfterValidator(_absolute)]
+# A path hxd may work in: absolute, no "..", no control characters, not in the system's trees (hxd.core.safepaths).
+SafePath = Annotated[Path, AfterValidator(check_path)]
 
 
 def _calendar(value: str) -> str:
@@ -72,14 +68,14 @@ class _Section(BaseModel):
 
 
 class PathsConfig(_Section):
-    """Where the model store, Ollama's config and hxd's own files live."""
+    """Where the model store, Ollama's config and hxd's own files live; each checked by hxd.core.safepaths."""
 
-    canonical: AbsPath = Path("/mnt/active_llm_models")
-    bulk: AbsPath = Path("/data/llm_bulk_storage")
-    legacy: AbsPath = Path("/opt/hx-infrastructure/llm-01/models/production")
-    env_file: AbsPath = Path("/opt/hx-infrastructure/llm-01/config/ollama/ollama.env")
-    log_dir: AbsPath = Path("/var/log/hxd")
-    state_dir: AbsPath = Path("/var/lib/hxd")
+    canonical: SafePath = Path("/mnt/active_llm_models")
+    bulk: SafePath = Path("/data/llm_bulk_storage")
+    legacy: SafePath = Path("/opt/hx-infrastructure/llm-01/models/production")
+    env_file: SafePath = Path("/opt/hx-infrastructure/llm-01/config/ollama/ollama.env")
+    log_dir: SafePath = Path("/var/log/hxd")
+    state_dir: SafePath = Path("/var/lib/hxd")
 
 
 class OllamaConfig(_Section):

@@ -17,8 +17,9 @@ from pathlib import Path
 from hxd.core.accounts import Account, can_enter, ollama_account
 from hxd.core.config import Config
 from hxd.core.envfile_reader import read_envfile
-from hxd.core.errors import Refused, Unreadable
+from hxd.core.errors import InvalidArgs, Refused, Unreadable
 from hxd.core.paths import nearest_existing
+from hxd.core.safepaths import check_path
 from hxd.core.store import Store, StoreError
 
 BLOB_NAME = re.compile(r"sha256-[0-9a-f]{64}")
@@ -89,19 +90,23 @@ class Plan:
 
 
 def targets(config: Config, overrides: dict[str, str]) -> Targets:
-    """The configured paths with a call's overrides; the source defaults to what OLLAMA_MODELS names."""
+    """The configured paths with a call's overrides, each checked by the rule hxd.toml's paths follow
+    (hxd.core.safepaths; InvalidArgs naming the option); the source defaults to what OLLAMA_MODELS names."""
     paths = {
         "canonical": config.paths.canonical,
         "bulk": config.paths.bulk,
         "legacy": config.paths.legacy,
         "env_file": config.paths.env_file,
     }
+    checked = {}
     for key, value in overrides.items():
-        if not Path(value).is_absolute():
-            raise Refused(f"{key} must be an absolute path, got {value!r}")
-    paths.update({k: Path(v) for k, v in overrides.items() if k != "source"})
-    if "source" in overrides:
-        source = Path(overrides["source"])
+        try:
+            checked[key] = check_path(value)
+        except ValueError as exc:
+            raise InvalidArgs(f"option {key}: {exc}") from None
+    paths.update({k: v for k, v in checked.items() if k != "source"})
+    if "source" in checked:
+        source = checked["source"]
     else:
         try:
             models = read_envfile(paths["env_file"]).environment.get("OLLAMA_MODELS")

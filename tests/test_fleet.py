@@ -5,6 +5,7 @@ network, is in tools/e2e."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -206,3 +207,52 @@ def test_hosts_file(nodes: tuple[Path, dict[str, Path]]) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "fleet: aligned (answered: llm-01, llm-02; unreachable: 0)"
+
+
+def recording_ssh(directory: Path) -> dict[str, str]:
+    """An environment whose ``ssh`` only records its arguments (one JSON list per line in directory/argv) and fails
+    as an unreachable node does."""
+    (directory / "ssh").write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(directory / 'argv')!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\nsys.exit(255)\n"
+    )
+    (directory / "ssh").chmod(0o755)
+    return {**os.environ, "PATH": f"{directory}:{os.environ['PATH']}"}
+
+
+def test_a_host_that_is_an_ssh_option_never_reaches_ssh(tmp_path: Path) -> None:
+    env = recording_ssh(tmp_path)
+    marker = tmp_path / "pwned"
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"# nodes\nllm-01\n-oProxyCommand=touch {marker}\n")
+    result = subprocess.run(
+        [HXCTL, "--hosts-file", str(hosts), "fleet", "status"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{hosts}:3: '-oProxyCommand=touch {marker}' is not [USER@]HOST[:PORT]" in result.stderr
+    assert not (tmp_path / "argv").exists() and not marker.exists()  # refused before any ssh ran
+    for bad in ("-oProxyCommand=x", "root@-x", "llm-01:0", "llm-01:99999", "a b", "llm-01:22:22", "@llm-01"):
+        refused = subprocess.run([HXCTL, f"--host={bad}", "fleet", "status"], capture_output=True, text=True, env=env)
+        assert refused.returncode == 2 and f"--host {bad!r} is not [USER@]HOST[:PORT]" in refused.stderr, bad
+    assert not (tmp_path / "argv").exists()
+
+
+def test_the_host_comes_after_double_dash_and_the_port_before(tmp_path: Path) -> None:
+    env = recording_ssh(tmp_path)
+    hosts = ("root@llm-02:2222", "llm-01", "[fd00::1]:22", "ops_1@10.0.0.7")
+    args = [part for host in hosts for part in ("--host", host)]
+    result = subprocess.run(
+        [HXCTL, *args, "fleet", "status", "--json"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 1 and set(json.loads(result.stdout)) == set(hosts)  # every node "unreachable"
+    calls = sorted(json.loads(line) for line in (tmp_path / "argv").read_text().splitlines())
+    tails = sorted(call[call.index("--") - 2 if "-p" in call else call.index("--") :] for call in calls)
+    assert tails == sorted(
+        [
+            ["-p", "2222", "--", "root@llm-02", "hxctl", "inventory", "--json"],
+            ["--", "llm-01", "hxctl", "inventory", "--json"],
+            ["-p", "22", "--", "fd00::1", "hxctl", "inventory", "--json"],
+            ["--", "ops_1@10.0.0.7", "hxctl", "inventory", "--json"],
+        ]
+    )
+    assert all(call[:2] == ["-xT", "-o"] for call in calls)

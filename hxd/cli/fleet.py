@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,32 @@ from hxd.core.errors import InvalidArgs, Unreadable
 from hxd.core.inventory import inventory
 
 _PARALLEL = 16
+# A node as --host and the hosts file name it: [USER@]HOST[:PORT], HOST a name or IPv4 address, or an IPv6 address in
+# brackets. Nothing may start with '-': ssh would take it for an option (-oProxyCommand=... runs a command).
+_NODE = re.compile(
+    r"(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]*)@)?"
+    r"(?:(?P<host>[A-Za-z0-9_][A-Za-z0-9._-]*)|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+_NODE_HELP = "[USER@]HOST[:PORT] (HOST a name, an IPv4 address or [IPv6])"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node to ask: ``name`` as the operator wrote it (the row's label), and what ssh gets."""
+
+    name: str
+    destination: str  # [USER@]HOST, for ssh after its "--"
+    port: str  # "" for ssh's default (or the ssh_config's)
+
+
+def _parse_node(text: str) -> Node | None:
+    """``text`` as a Node, or None when it is not [USER@]HOST[:PORT] (or its port is not 1..65535)."""
+    match = _NODE.fullmatch(text)
+    if match is None or (match["port"] is not None and not 0 < int(match["port"]) < 65536):
+        return None
+    host = match["host"] or match["ipv6"]
+    return Node(text, f"{match['user']}@{host}" if match["user"] else host, match["port"] or "")
 
 
 def add_parsers(commands: Any) -> None:
@@ -54,14 +82,14 @@ def add_host_options(options: argparse._ArgumentGroup) -> None:
         "--host",
         action="append",
         default=argparse.SUPPRESS,
-        metavar="[USER@]HOST",
+        metavar="[USER@]HOST[:PORT]",
         help="a node for `hxctl fleet` (repeatable)",
     )
     options.add_argument(
         "--hosts-file",
         type=Path,
         default=argparse.SUPPRESS,
-        help="nodes for `hxctl fleet`, one per line (# comments)",
+        help="nodes for `hxctl fleet`, one [USER@]HOST[:PORT] per line (# comments)",
     )
 
 
@@ -87,9 +115,9 @@ def run_inventory(args: argparse.Namespace) -> int:
 
 
 def run_fleet(args: argparse.Namespace) -> int:
-    hosts = _hosts(args)
-    with ThreadPoolExecutor(min(len(hosts), _PARALLEL)) as pool:
-        answers = dict(zip(hosts, pool.map(lambda host: _ask(host, args), hosts), strict=True))
+    nodes = _nodes(args)
+    with ThreadPoolExecutor(min(len(nodes), _PARALLEL)) as pool:
+        answers = dict(zip((n.name for n in nodes), pool.map(lambda node: _ask(node, args), nodes), strict=True))
     if args.what == "status":
         rows = {host: _row(answer) for host, answer in answers.items()}
         if args.json:
@@ -105,25 +133,41 @@ def run_fleet(args: argparse.Namespace) -> int:
     return EXIT_OK if report["aligned"] else EXIT_FAILED
 
 
-def _hosts(args: argparse.Namespace) -> list[str]:
-    hosts = list(args.host)
+def _nodes(args: argparse.Namespace) -> list[Node]:
+    """The nodes of --host and --hosts-file, in order, each once; a malformed one is InvalidArgs naming it (and its
+    line), before any ssh runs."""
+    nodes = []
+    for host in args.host:
+        node = _parse_node(host)
+        if node is None:
+            raise InvalidArgs(f"--host {host!r} is not {_NODE_HELP}")
+        nodes.append(node)
     if args.hosts_file is not None:
         try:
             text = args.hosts_file.read_text()
         except OSError as exc:
             raise Unreadable(f"{args.hosts_file}: cannot read: {exc.strerror}") from None
-        hosts += [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
-    if not hosts:
+        for number, line in enumerate(text.splitlines(), 1):
+            host = line.split("#", 1)[0].strip()
+            if not host:
+                continue
+            node = _parse_node(host)
+            if node is None:
+                raise InvalidArgs(f"{args.hosts_file}:{number}: {host!r} is not {_NODE_HELP}; fix that line")
+            nodes.append(node)
+    if not nodes:
         raise InvalidArgs("no nodes: name them with --host [USER@]HOST (repeatable) or --hosts-file FILE")
-    return list(dict.fromkeys(hosts))
+    return list({node.name: node for node in nodes}.values())
 
 
-def _ask(host: str, args: argparse.Namespace) -> dict[str, Any]:
+def _ask(node: Node, args: argparse.Namespace) -> dict[str, Any]:
     """The node's inventory, or ``{"error": ...}`` saying why it could not be had."""
     command = ["ssh", "-xT", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(int(args.timeout), 1)}"]
     if args.ssh_config is not None:
         command += ["-F", str(args.ssh_config)]
-    command += [host, args.remote_hxctl, "inventory", "--json"]
+    if node.port:
+        command += ["-p", node.port]
+    command += ["--", node.destination, args.remote_hxctl, "inventory", "--json"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:

@@ -93,7 +93,7 @@ def _models(store: Store, errors: list[str]) -> dict[str, str]:
         except StoreError as exc:
             errors.append(str(exc))
             continue
-        models[parse_ref(manifest.name).full_name] = manifest.digest
+        models[parse_ref(manifest.name, stored=True).full_name] = manifest.digest
     return models
 
 

@@ -78,7 +78,7 @@ def list_models(base_url: str, timeout: float = DEFAULT_TIMEOUT_SEC) -> dict[str
     document = get_json(base_url, "/api/tags", timeout)
     try:
         entries = document["models"]  # type: ignore[index]
-        return {parse_ref(entry["name"]).key: str(entry["digest"]) for entry in entries}
+        return {parse_ref(entry["name"], stored=True).key: str(entry["digest"]) for entry in entries}
     except (KeyError, TypeError, BadReference) as exc:
         raise OllamaUnavailable(f"{base_url}/api/tags: unexpected answer ({exc})") from None
 

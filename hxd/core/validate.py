@@ -4,9 +4,9 @@ Each finding has a stable code (HX1xx), a severity, the line, the key, a one-lin
 a contract for scripts and never change meaning; the table is in hxctl(1) and README.md.
 
 - HX100-HX108: how systemd 252 reads the file (hxd.core.envfile_parser), where it differs from what the author meant.
-- HX110-HX118: the model variables ``OLLAMA_MODEL_<NAME>`` and the list ``OLLAMA_MODELS_AVAILABLE``.
+- HX110-HX119: the model variables ``OLLAMA_MODEL_<NAME>`` and the list ``OLLAMA_MODELS_AVAILABLE``.
 - HX120-HX124: ``OLLAMA_MODELS`` and the canonical layout.
-- HX130-HX135: with ``store``, each configured model against the store on disk (``deep``: every blob's sha256).
+- HX130-HX136: with ``store``, each configured model against the store on disk (``deep``: every blob's sha256).
 - HX140-HX143: with ``server``, each configured model against ``GET /api/tags``.
 """
 
@@ -237,6 +237,16 @@ def _models(check: _Check) -> dict[str, ModelRef]:
                 "rejects (400 invalid model name): hxd checks the pin and sends the name without it",
                 f"scripts that call Ollama directly must send {ref.api_name!r}",
             )
+        if ref.source == "cloud":
+            check.add(
+                "HX119",
+                "info",
+                check.lines[key],
+                key,
+                f"{ref.text!r} is a cloud model: Ollama sends its requests to ollama.com "
+                "(internal/modelref), so hxd does not look for it in the store or in /api/tags",
+                "drop the :cloud or -cloud suffix to serve the model from this node",
+            )
         if ref.unpinned_tag and ref.pin is None:
             tag = "no tag" if not ref.explicit_tag else f"the tag {ref.tag!r}"
             check.add(
@@ -368,12 +378,27 @@ def _models_dir(check: _Check) -> None:
         )
 
 
+def _local(refs: dict[str, ModelRef]) -> dict[str, ModelRef]:
+    """The references this node serves itself: a cloud model (HX119) is in neither the store nor /api/tags."""
+    return {key: ref for key, ref in refs.items() if ref.source != "cloud"}
+
+
 def _store(check: _Check, refs: dict[str, ModelRef]) -> dict[str, str]:
     """Check each model's manifest and blobs; returns model key -> manifest digest for those found."""
     root = Path(check.env.environment.get(MODELS_DIR) or check.config.paths.canonical)
     store = Store(root)
+    for unreadable, reason in store.unlistable():
+        check.add(
+            "HX136",
+            "error",
+            check.lines.get(MODELS_DIR, 0),
+            MODELS_DIR,
+            f"{unreadable} cannot be read ({reason}): Ollama fails its whole model list on it, "
+            "so /api/tags answers 500 and every generate 404",
+            "remove the dangling symlink, or restore what it points to",
+        )
     digests: dict[str, str] = {}
-    for key, ref in refs.items():
+    for key, ref in _local(refs).items():
         line = check.lines[key]
         path = store.find(ref)
         if path is None:
@@ -428,7 +453,7 @@ def _server(check: _Check, refs: dict[str, ModelRef], store_digests: dict[str, s
             f"start {check.config.ollama.unit}, or run without --server",
         )
         return
-    for key, ref in refs.items():
+    for key, ref in _local(refs).items():
         line = check.lines[key]
         digest = served.get(ref.key)
         if digest is None:

@@ -12,12 +12,16 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from urllib.parse import urlsplit
 
 import pytest
 
-from hxd.core.config import Config
+from hxd.core.config import Config, OllamaConfig
 from hxd.core.envfile_parser import parse_envfile
+from hxd.core.inventory import inventory
+from hxd.core.migrate.plan import targets
 from hxd.core.modelref import BadReference, parse_ref
+from hxd.core.ollama_env import api_url, host_url, ollama_var
 from hxd.core.store import Store
 from hxd.core.validate import Options, validate
 from hxsandbox.samplestore import make_node, sample_env
@@ -152,3 +156,51 @@ def test_upper_case_and_dash_digests_are_accepted(stub: ModuleType, tmp_path: Pa
     assert stub.Store(str(tmp_path)).blob_path(digest) == str(tmp_path / "blobs" / f"sha256-{hex_upper}")
     with pytest.raises(stub.GoError):
         stub.Store(str(tmp_path)).blob_path(f"sha512:{hex_upper}")
+
+
+@pytest.mark.parametrize("value", ["/canon ", " /canon", "'/canon'", '"/canon"', "/canon"])
+def test_ollama_models_as_ollama_reads_it(stub: ModuleType, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """envconfig/config.go: Var (374-377) trims spaces, then quotes; Models (113-124) uses that reading."""
+    monkeypatch.setenv("OLLAMA_MODELS", value)
+    assert ollama_var(value) == stub.env_var("OLLAMA_MODELS") == "/canon"
+
+
+def test_a_trimmed_ollama_models_is_the_canonical_path(node: tuple[Config, dict[str, str]]) -> None:
+    """envconfig Var (374-377): systemd passes ``/canon `` and Ollama uses ``/canon``; validation, inventory and the
+    migration's source follow Ollama, and HX125 reports the difference instead of a false HX121."""
+    config, digests = node
+    canonical = str(config.paths.canonical)
+    text = sample_env(config.paths.canonical, digests).replace(f'"{canonical}"', f'"{canonical} "')
+    config.paths.env_file.write_text(text)
+    report = validate(parse_envfile(text.encode()), "ollama.env", config, Options(store=True))
+    assert [f.code for f in report.findings if f.code != "HX118"] == ["HX125"]
+    assert targets(config, {}).source == config.paths.canonical
+    assert len(inventory(config)["models"]) == len(digests)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, "0.0.0.0", "0.0.0.0:8080", "example.com", "https://example.com", "http://h:1/ollama", "[::1]:9", "h:99999"],
+)
+def test_the_api_address_follows_ollama_host(stub: ModuleType, value: str | None) -> None:
+    """envconfig/config.go: Host (20-60) and ConnectableHost (66-80): scheme, host, port and path; hxd connects
+    where the stub (which follows Host) listens, an unspecified bind address read as loopback."""
+    url = urlsplit(host_url(value))
+    host, port = stub.parse_ollama_host(value or "")
+    assert url.port == port
+    assert url.hostname == ("127.0.0.1" if host == "0.0.0.0" else host)
+
+
+def test_ollama_url_against_ollama_host(node: tuple[Config, dict[str, str]]) -> None:
+    """envconfig Host (20-60): without ``ollama.url`` hxd derives the address from OLLAMA_HOST; with it, a
+    different address is HX126; a path in the URL stays in every request."""
+    config, digests = node
+    text = sample_env(config.paths.canonical, digests).replace("127.0.0.1:11434", "http://10.0.0.5:8080/ollama")
+    env = parse_envfile(text.encode())
+    assert api_url(config, env.environment) == "http://10.0.0.5:8080/ollama"
+    configured = config.model_copy(update={"ollama": OllamaConfig(url="http://127.0.0.1:11434")})
+    assert api_url(configured, env.environment) == "http://127.0.0.1:11434"
+    [finding] = [f for f in validate(env, "ollama.env", configured).findings if f.code == "HX126"]
+    assert (finding.line, finding.key) == (2, "OLLAMA_HOST")
+    assert "Ollama listens on 'http://10.0.0.5:8080/ollama'" in finding.message
+    assert not [f for f in validate(env, "ollama.env", config).findings if f.code == "HX126"]

@@ -49,7 +49,7 @@ def sha256_digest(data: bytes) -> str:
 
 def manifest_path(root: Path, name: str) -> Path:
     """Where the manifest of ``name`` lives under store ``root``, by Ollama's naming rules (hxd.core.modelref)."""
-    return root / "manifests" / parse_ref(name).manifest_path
+    return root / "manifests" / parse_ref(name, stored=True).manifest_path
 
 
 def blob_path(root: Path, digest: str) -> Path:

@@ -49,7 +49,7 @@ def sha256_digest(data: bytes) -> str:
 
 def manifest_path(root: Path, name: str) -> Path:
     """Where the manifest of ``name`` lives under store ``root``, by Ollama's naming rules (hxd.core.modelref)."""
-    return root / "manifests" / parse_ref(name).manifest_path
+    return root / "manifests" / parse_ref(name, stored=True).manifest_path
 
 
 def blob_path(root: Path, digest: str) -> Path:
@@ -139,12 +139,17 @@ SAMPLE_MODELS: Final[Mapping[str, Sequence[LayerSpec]]] = {
 }
 
 
-def sample_env(models_dir: Path, digests: Mapping[str, str]) -> str:
-    """llm-01's ollama.env (docs/node-layout.md): quoted values, the model variables, the list, a digest pin."""
+# Ollama's own default address (docs/ollama.md), as llm-01's env file spells it.
+DEFAULT_HOST = "127.0.0.1:11434"
+
+
+def sample_env(models_dir: Path, digests: Mapping[str, str], ollama_host: str = DEFAULT_HOST) -> str:
+    """llm-01's ollama.env (docs/node-layout.md): quoted values, the model variables, the list, a digest pin;
+    OLLAMA_HOST is where the node's Ollama listens (a sandbox's stub listens on a port of its own)."""
     pin = digests["mistral-small3.2"][:12]
     return (
         "# Ollama configuration for llm-01\n"
-        'OLLAMA_HOST="127.0.0.1:11434"\n'
+        f'OLLAMA_HOST="{ollama_host}"\n'
         f'OLLAMA_MODELS="{models_dir}"\n'
         'OLLAMA_MODEL_LLAMA32="llama3.2:3b"\n'
         'OLLAMA_MODEL_QWEN3="qwen3:1.7b"\n'
@@ -153,7 +158,9 @@ def sample_env(models_dir: Path, digests: Mapping[str, str]) -> str:
     )
 
 
-def make_node(canonical: Path, bulk: Path, legacy: Path, env_file: Path, *, migrated: bool) -> dict[str, str]:
+def make_node(
+    canonical: Path, bulk: Path, legacy: Path, env_file: Path, *, migrated: bool, ollama_host: str = DEFAULT_HOST
+) -> dict[str, str]:
     """A node with the sample models and its env file; returns model name -> manifest digest.
 
     ``migrated=False`` is llm-01 before the alignment: the store is a real directory at the legacy path and
@@ -170,5 +177,5 @@ def make_node(canonical: Path, bulk: Path, legacy: Path, env_file: Path, *, migr
     else:
         digests = make_store(legacy, SAMPLE_MODELS)
     env_file.parent.mkdir(parents=True, exist_ok=True)
-    env_file.write_text(sample_env(canonical if migrated else legacy, digests))
+    env_file.write_text(sample_env(canonical if migrated else legacy, digests, ollama_host))
     return digests

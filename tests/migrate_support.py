@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from hxd.core.config import Config, OllamaConfig, PathsConfig
 from hxsandbox.samplestore import make_node
@@ -46,7 +47,8 @@ def node_config(root: Path, bulk: Path | None = None, url: str = "http://127.0.0
 def make_legacy_node(config: Config) -> dict[str, str]:
     """llm-01 before the alignment: the store is a real directory at the legacy path."""
     p = config.paths
-    return make_node(p.canonical, p.bulk, p.legacy, p.env_file, migrated=False)
+    host = urlsplit(config.ollama.url).netloc  # the env file names the address the node's Ollama listens on
+    return make_node(p.canonical, p.bulk, p.legacy, p.env_file, migrated=False, ollama_host=host)
 
 
 def snapshot(store: Path) -> dict[str, str]:

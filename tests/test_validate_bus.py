@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from busctl import hxctl, manager
@@ -54,11 +56,11 @@ def test_findings_are_compiler_style_and_agree_offline(
         f"{env}:3: error HX101: systemd has no trailing comments: the service gets OLLAMA_MODELS="
     )
     assert lines[1].startswith("    fix: ")
-    assert lines[-1] == f"{env}: 2 errors, 0 warnings, 1 note"
+    assert lines[-1] == f"{env}: 2 errors, 1 warning, 1 note"  # HX125: Ollama trims the value's last quote
     online = json.loads(hxctl("--bus", bus.address, "validate", "--json").stdout)
     offline = json.loads(hxctl("--offline", "--config", str(hxd.config), "validate", "--json").stdout)
     assert online == offline
-    assert [f["code"] for f in online["findings"]] == ["HX101", "HX121", "HX118"]
+    assert [f["code"] for f in online["findings"]] == ["HX101", "HX121", "HX125", "HX118"]
 
 
 def test_busctl_prints_findings_readably(bus: PrivateBus, start_hxd: StartHxd, node: dict[str, Path]) -> None:
@@ -130,10 +132,18 @@ def test_a_descriptor_number_without_a_descriptor_is_refused(bus: PrivateBus, st
     assert reply.body == ["the file must come as an attached file descriptor (type h), not a number"]
 
 
+def listens_on(env_file: Path, url: str) -> None:
+    """Make the env file's OLLAMA_HOST say where this node's Ollama (the stub) listens, as ollama.url does (else
+    HX126)."""
+    host = urlsplit(url).netloc
+    env_file.write_text(re.sub(r'(?m)^OLLAMA_HOST=".*"$', f'OLLAMA_HOST="{host}"', env_file.read_text()))
+
+
 def test_server_check_against_the_stub(
     bus: PrivateBus, start_hxd: StartHxd, node: dict[str, Path], tmp_path: Path
 ) -> None:
     with OllamaStub(tmp_path, node["canonical"]).start() as stub:
+        listens_on(node["env_file"], stub.url)
         hxd = start_hxd(f'[ollama]\nurl = "{stub.url}"\n')
         result = hxctl("--bus", bus.address, "validate", "--store", "--server")
         assert result.returncode == 0, result.stdout + result.stderr
@@ -141,6 +151,7 @@ def test_server_check_against_the_stub(
         make_store(tmp_path / "other-store", {"llama3.2:3b": [b"different weights"]})
         config = hxd.config.read_text().replace(stub.url, other.url)
         hxd.config.write_text(config)
+        listens_on(node["env_file"], other.url)
         offline = hxctl("--offline", "--config", str(hxd.config), "validate", "--store", "--server", "--json")
     codes = [(f["code"], f["line"]) for f in json.loads(offline.stdout)["findings"] if f["code"] != "HX118"]
     assert codes == [("HX142", 4), ("HX141", 5), ("HX141", 6)]

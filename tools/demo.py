@@ -73,7 +73,14 @@ def sandbox_node(prefix: str) -> Iterator[Node]:
             f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n',
         )
         paths = node_paths(root)
-        make_node(paths["canonical"], paths["bulk"], paths["legacy"], paths["env_file"], migrated=False)
+        make_node(
+            paths["canonical"],
+            paths["bulk"],
+            paths["legacy"],
+            paths["env_file"],
+            migrated=False,
+            ollama_host=f"127.0.0.1:{port}",
+        )
         print(f"sandbox node llm-01 (before the alignment) in {root}: the store at {paths['legacy']}")
         ollama = OllamaService(paths["env_file"], root, port, behaviour=BEHAVIOUR)
         ollama.start("ollama.service")

@@ -16,6 +16,7 @@ from hxd.core.config import Config
 from hxd.core.envfile_reader import read_envfile
 from hxd.core.errors import HxdError, Unreadable
 from hxd.core.modelref import BadReference, parse_ref
+from hxd.core.ollama_env import ollama_var
 from hxd.core.store import Store, StoreError
 from hxd.core.systemctl import SystemctlController
 from hxd.core.validate import MODEL_VARIABLE, MODELS_DIR
@@ -29,7 +30,7 @@ def inventory(config: Config) -> dict[str, Any]:
     except Unreadable as exc:
         environment = {}
         errors.append(str(exc))
-    store_root = Path(environment.get(MODELS_DIR) or config.paths.canonical)
+    store_root = Path(ollama_var(environment.get(MODELS_DIR, "")) or config.paths.canonical)
     try:
         ollama_unit = "active" if SystemctlController().is_active(config.ollama.unit) else "inactive"
     except HxdError as exc:
@@ -93,7 +94,7 @@ def _models(store: Store, errors: list[str]) -> dict[str, str]:
         except StoreError as exc:
             errors.append(str(exc))
             continue
-        models[parse_ref(manifest.name).full_name] = manifest.digest
+        models[parse_ref(manifest.name, stored=True).full_name] = manifest.digest
     return models
 
 

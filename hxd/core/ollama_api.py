@@ -49,12 +49,17 @@ def _connection(base_url: str, timeout: float) -> http.client.HTTPConnection:
     return connection_class(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
 
 
+def _target(base_url: str, path: str) -> str:
+    """The request target: the URL's own path (a proxy's prefix, or what OLLAMA_HOST carries) before the route."""
+    return urlsplit(base_url).path.rstrip("/") + path
+
+
 def get_json(base_url: str, path: str, timeout: float = DEFAULT_TIMEOUT_SEC) -> object:
     """GET ``path`` and decode the JSON body; any failure becomes OllamaUnavailable naming the URL."""
     connection = _connection(base_url, timeout)
     url = f"{base_url}{path}"
     try:
-        connection.request("GET", path)
+        connection.request("GET", _target(base_url, path))
         response = connection.getresponse()
         body = response.read()
     except TimeoutError:
@@ -78,7 +83,7 @@ def list_models(base_url: str, timeout: float = DEFAULT_TIMEOUT_SEC) -> dict[str
     document = get_json(base_url, "/api/tags", timeout)
     try:
         entries = document["models"]  # type: ignore[index]
-        return {parse_ref(entry["name"]).key: str(entry["digest"]) for entry in entries}
+        return {parse_ref(entry["name"], stored=True).key: str(entry["digest"]) for entry in entries}
     except (KeyError, TypeError, BadReference) as exc:
         raise OllamaUnavailable(f"{base_url}/api/tags: unexpected answer ({exc})") from None
 
@@ -140,7 +145,10 @@ def generate(
         connection.connect()
         exchange.start = time.perf_counter()  # the clock times Ollama, not the TCP handshake
         connection.request(
-            "POST", "/api/generate", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+            "POST",
+            _target(base_url, "/api/generate"),
+            body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
         )
         sock = connection.sock  # getresponse() hands it to the response (and forgets it) when the server will close
         assert sock is not None

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from hxd.core.modelref import ModelRef
 
-_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+# manifest/paths.go: BlobsPath accepts "sha256" then ":" or "-", then 64 hex digits of either case.
+_DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 
 
 class StoreError(Exception):
@@ -34,12 +35,18 @@ class BlobProblem:
 @dataclass(frozen=True)
 class Layer:
     media_type: str
-    digest: str  # "sha256:<hex>"
+    digest: str  # "sha256:<hex>" as the manifest writes it ("sha256-" and upper-case hex are accepted too)
     size: int
 
     @property
     def blob_name(self) -> str:
+        """The file under blobs/: BlobsPath turns ":" into "-" and keeps the case, so the name must match it."""
         return self.digest.replace(":", "-", 1)
+
+    @property
+    def hex(self) -> str:
+        """The digest's hex in lower case, as a content hash prints it."""
+        return self.digest[len("sha256:") :].lower()
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,20 @@ class Store:
         """Every ``manifests/<host>/<namespace>/<model>/<tag>`` file, as Ollama's glob finds them."""
         yield from sorted(p for p in self.manifests_dir.glob("*/*/*/*") if p.is_file())
 
+    def unlistable(self) -> list[tuple[Path, str]]:
+        """Paths the manifest glob matches that cannot be stat'ed (a dangling symlink), with the reason.
+
+        ``manifest/manifest.go: Manifests`` returns the error of ``os.Stat`` on any glob match, even in its
+        continue-on-error mode, so one such path fails Ollama's whole model list (docs/ollama.md, "Store layout").
+        """
+        found: list[tuple[Path, str]] = []
+        for path in sorted(self.manifests_dir.glob("*/*/*/*")):
+            try:
+                path.stat()
+            except OSError as exc:
+                found.append((path, exc.strerror or str(exc)))
+        return found
+
     def find(self, ref: ModelRef) -> Path | None:
         """The manifest file for ``ref``, matched case-insensitively as Ollama's server does."""
         exact = self.manifests_dir / ref.manifest_path
@@ -105,7 +126,7 @@ class Store:
             size = path.stat().st_size
             if size != layer.size:
                 return BlobProblem("size", f"blob {layer.blob_name} has {size} bytes, the manifest says {layer.size}")
-            if deep and (actual := sha256_file(path)) != layer.digest.split(":", 1)[1]:
+            if deep and (actual := sha256_file(path)) != layer.hex:
                 return BlobProblem("content", f"blob {layer.blob_name} content hashes to sha256:{actual}")
         except FileNotFoundError:
             return BlobProblem("missing", f"blob {layer.blob_name} is missing")

@@ -4,9 +4,10 @@ Each finding has a stable code (HX1xx), a severity, the line, the key, a one-lin
 a contract for scripts and never change meaning; the table is in hxctl(1) and README.md.
 
 - HX100-HX108: how systemd 252 reads the file (hxd.core.envfile_parser), where it differs from what the author meant.
-- HX110-HX118: the model variables ``OLLAMA_MODEL_<NAME>`` and the list ``OLLAMA_MODELS_AVAILABLE``.
-- HX120-HX124: ``OLLAMA_MODELS`` and the canonical layout.
-- HX130-HX135: with ``store``, each configured model against the store on disk (``deep``: every blob's sha256).
+- HX110-HX119: the model variables ``OLLAMA_MODEL_<NAME>`` and the list ``OLLAMA_MODELS_AVAILABLE``.
+- HX120-HX126: ``OLLAMA_MODELS`` (as Ollama reads it, hxd.core.ollama_env) and the canonical layout;
+  ``OLLAMA_HOST`` against ``ollama.url``.
+- HX130-HX136: with ``store``, each configured model against the store on disk (``deep``: every blob's sha256).
 - HX140-HX143: with ``server``, each configured model against ``GET /api/tags``.
 """
 
@@ -23,6 +24,7 @@ from hxd.core.config import Config
 from hxd.core.envfile_parser import Assignment, EnvFile
 from hxd.core.modelref import BadReference, ModelRef, parse_ref
 from hxd.core.ollama_api import OllamaUnavailable, list_models
+from hxd.core.ollama_env import api_url, host_url, ollama_var
 from hxd.core.store import Store, StoreError
 
 Severity = Literal["error", "warning", "info"]
@@ -97,6 +99,7 @@ def validate(env: EnvFile, file: str, config: Config, options: Options = Options
     _syntax(check)
     refs = _models(check)
     _models_dir(check)
+    _host(check)
     digests = _store(check, refs) if options.store or options.deep else {}
     if options.server:
         _server(check, refs, digests)
@@ -237,6 +240,16 @@ def _models(check: _Check) -> dict[str, ModelRef]:
                 "rejects (400 invalid model name): hxd checks the pin and sends the name without it",
                 f"scripts that call Ollama directly must send {ref.api_name!r}",
             )
+        if ref.source == "cloud":
+            check.add(
+                "HX119",
+                "info",
+                check.lines[key],
+                key,
+                f"{ref.text!r} is a cloud model: Ollama sends its requests to ollama.com "
+                "(internal/modelref), so hxd does not look for it in the store or in /api/tags",
+                "drop the :cloud or -cloud suffix to serve the model from this node",
+            )
         if ref.unpinned_tag and ref.pin is None:
             tag = "no tag" if not ref.explicit_tag else f"the tag {ref.tag!r}"
             check.add(
@@ -325,13 +338,24 @@ def _models_dir(check: _Check) -> None:
         )
         return
     line = check.lines[MODELS_DIR]
-    if Path(value) != paths.canonical:
+    ollama_reads = ollama_var(value)
+    if ollama_reads != value:
+        check.add(
+            "HX125",
+            "warning",
+            line,
+            MODELS_DIR,
+            f"systemd passes {MODELS_DIR}={value!r}, which Ollama trims to {ollama_reads!r} "
+            "(envconfig Var): scripts reading the environment see another path than Ollama",
+            f"write {MODELS_DIR}={ollama_reads} without the spaces or inner quotes",
+        )
+    if Path(ollama_reads) != paths.canonical:
         check.add(
             "HX121",
             "error",
             line,
             MODELS_DIR,
-            f"the service gets {MODELS_DIR}={value!r}, not the canonical path {str(paths.canonical)!r}",
+            f"Ollama gets {MODELS_DIR}={ollama_reads!r}, not the canonical path {str(paths.canonical)!r}",
             f"set {MODELS_DIR}={paths.canonical} (hxctl migrate does)",
         )
     canonical = paths.canonical
@@ -368,12 +392,43 @@ def _models_dir(check: _Check) -> None:
         )
 
 
+def _host(check: _Check) -> None:
+    """``ollama.url`` in hxd.toml against the address ``OLLAMA_HOST`` makes Ollama listen on (envconfig Host)."""
+    if "url" not in check.config.ollama.model_fields_set:
+        return
+    configured, derived = check.config.ollama.url, host_url(check.env.environment.get("OLLAMA_HOST"))
+    if configured != derived:
+        check.add(
+            "HX126",
+            "warning",
+            check.lines.get("OLLAMA_HOST", 0),
+            "OLLAMA_HOST",
+            f"hxd.toml sets ollama.url = {configured!r}, but Ollama listens on {derived!r} by OLLAMA_HOST",
+            "make them agree, or drop ollama.url so hxd derives it from OLLAMA_HOST",
+        )
+
+
+def _local(refs: dict[str, ModelRef]) -> dict[str, ModelRef]:
+    """The references this node serves itself: a cloud model (HX119) is in neither the store nor /api/tags."""
+    return {key: ref for key, ref in refs.items() if ref.source != "cloud"}
+
+
 def _store(check: _Check, refs: dict[str, ModelRef]) -> dict[str, str]:
     """Check each model's manifest and blobs; returns model key -> manifest digest for those found."""
-    root = Path(check.env.environment.get(MODELS_DIR) or check.config.paths.canonical)
+    root = Path(ollama_var(check.env.environment.get(MODELS_DIR, "")) or check.config.paths.canonical)
     store = Store(root)
+    for unreadable, reason in store.unlistable():
+        check.add(
+            "HX136",
+            "error",
+            check.lines.get(MODELS_DIR, 0),
+            MODELS_DIR,
+            f"{unreadable} cannot be read ({reason}): Ollama fails its whole model list on it, "
+            "so /api/tags answers 500 and every generate 404",
+            "remove the dangling symlink, or restore what it points to",
+        )
     digests: dict[str, str] = {}
-    for key, ref in refs.items():
+    for key, ref in _local(refs).items():
         line = check.lines[key]
         path = store.find(ref)
         if path is None:
@@ -417,7 +472,7 @@ def _store(check: _Check, refs: dict[str, ModelRef]) -> dict[str, str]:
 
 def _server(check: _Check, refs: dict[str, ModelRef], store_digests: dict[str, str]) -> None:
     try:
-        served = list_models(check.config.ollama.url)
+        served = list_models(api_url(check.config, check.env.environment))
     except OllamaUnavailable as exc:
         check.add(
             "HX140",
@@ -428,7 +483,7 @@ def _server(check: _Check, refs: dict[str, ModelRef], store_digests: dict[str, s
             f"start {check.config.ollama.unit}, or run without --server",
         )
         return
-    for key, ref in refs.items():
+    for key, ref in _local(refs).items():
         line = check.lines[key]
         digest = served.get(ref.key)
         if digest is None:

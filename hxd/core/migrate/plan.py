@@ -18,6 +18,7 @@ from hxd.core.accounts import Account, can_enter, ollama_account
 from hxd.core.config import Config
 from hxd.core.envfile_reader import read_envfile
 from hxd.core.errors import InvalidArgs, Refused, Unreadable
+from hxd.core.ollama_env import ollama_var
 from hxd.core.paths import nearest_existing
 from hxd.core.safepaths import check_path
 from hxd.core.store import Store, StoreError
@@ -109,9 +110,9 @@ def targets(config: Config, overrides: dict[str, str]) -> Targets:
         source = checked["source"]
     else:
         try:
-            models = read_envfile(paths["env_file"]).environment.get("OLLAMA_MODELS")
+            models = ollama_var(read_envfile(paths["env_file"]).environment.get("OLLAMA_MODELS", ""))
         except Unreadable:
-            models = None
+            models = ""
         source = Path(models) if models else paths["legacy"]
     return Targets(source=source, **paths)
 

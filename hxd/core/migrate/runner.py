@@ -434,7 +434,7 @@ def _store_tags(store: Store) -> dict[str, str]:
             manifest = store.read_manifest(path)
         except StoreError:
             continue
-        tags[parse_ref(manifest.name).key] = manifest.digest
+        tags[parse_ref(manifest.name, stored=True).key] = manifest.digest
     return tags
 
 

@@ -69,9 +69,9 @@ def h100(index: int) -> FakeGpu:
 
 class FakeNvml(ModuleType):
     """The fake module: pass it where hxd takes ``nvml``. ``init_error`` (an NVML error code) makes nvmlInit fail,
-    as on a machine without the library or the driver; ``calls`` counts the device calls answered. ``hung`` (or
-    ``hang()``) makes every call block until ``release()``, as a driver stuck in the kernel does; ``hung_calls``
-    counts the calls that found it so."""
+    as on a machine without the library or the driver; ``calls`` counts the device calls answered. ``hung`` makes
+    every call block until ``release()``, as a driver stuck in the kernel does; ``hung_calls`` counts the calls that
+    found it so."""
 
     def __init__(
         self,
@@ -93,10 +93,6 @@ class FakeNvml(ModuleType):
         self._answering = threading.Event()
         if not hung:
             self._answering.set()
-
-    def hang(self) -> None:
-        """From now on every call blocks until ``release()``."""
-        self._answering.clear()
 
     def release(self) -> None:
         """Let blocked calls, and the calls after them, through."""

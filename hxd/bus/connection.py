@@ -1,8 +1,12 @@
-"""Connecting to the bus, and what hxd changes in dbus-fast's connection (``HxdBus``):
+"""Connecting to the bus, and what hxd adds to dbus-fast's connection (``HxdBus``), each in one place:
 
-- knowing who called: dbus-fast calls a method handler with its arguments only; polkit needs the caller's unique
-  bus name. ``HxdBus`` wraps each handler so the message being handled is available in a ContextVar for the
-  duration of the call (asyncio copies the context into the task a coroutine handler runs in);
+- a method handler can see the message it handles (``current_message``): polkit needs the caller's unique name;
+- per-caller fairness: a caller (unique bus name) may have ``MAX_PENDING_PER_CALLER`` calls pending, and past
+  ``MAX_PENDING`` in all only a caller's first; a call over either bound is answered at once with
+  ``LimitsExceeded``, so a flooding client neither starves the others nor grows hxd's queue of replies without bound;
+- descriptors: every file descriptor received with a message is closed as soon as the message is handled, except
+  those a method takes as arguments (ValidateFile's), which are closed when its call ends, whatever the outcome
+  (hxd asks for none in replies or signals, so theirs are closed too);
 - a full socket makes the writer wait until it is writable (``PatientWriter``), where dbus-fast 5.2.0 drops the
   connection.
 """
@@ -10,22 +14,42 @@
 from __future__ import annotations
 
 import array
+import asyncio
 import inspect
 import os
 import socket
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from dbus_fast import BusType, Message, MessageFlag
+import structlog
+from dbus_fast import BusType, Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_fast.aio.message_bus import _future_set_exception, _future_set_result, _MessageWriter
+from dbus_fast.send_reply import SendReply
 from dbus_fast.service import ServiceInterface
+
+from hxd.bus import names
+from hxd.core.errors import LimitsExceeded
+
+log = structlog.get_logger("hxd.bus")
 
 current_message: ContextVar[Message] = ContextVar("current_message")
 
 BUS_HELP = "system (default), session, or a D-Bus address such as unix:path=/run/hxd-test/bus; env HXD_BUS"
+
+# A call is pending from the moment hxd reads it until its reply has been written to the bus socket (a call that
+# wants no reply: until its method returns). hxctl has one call pending at a time; 32 leave room for a client that
+# pipelines. Past 1024 pending in all, only a caller's first pending call is taken: that bounds hxd's queue of
+# replies and running methods (1024 plus one per connection, which the bus limits) while a caller that waits for
+# each reply, as hxctl does, is never refused.
+MAX_PENDING_PER_CALLER = 32
+MAX_PENDING = 1024
+# At most one log line per this many seconds about refused calls, with their count: a flood must not flood the
+# journal too.
+_REFUSAL_LOG_INTERVAL_SEC = 10.0
 
 
 class PatientWriter(_MessageWriter):
@@ -79,13 +103,37 @@ class PatientWriter(_MessageWriter):
             self.bus._finalize(e)
 
 
-class HxdBus(MessageBus):
-    """A MessageBus whose method handlers can see the message they are handling.
+@dataclass(frozen=True)
+class _Started:
+    """A coroutine method's call, started while its message was handled, and the descriptors it took."""
 
-    Synchronous methods (the read-only hot path, Status) get a handler of hxd's own: dbus-fast's searches every
-    reply for file descriptors to attach whenever descriptor passing is negotiated (hxd negotiates it to receive
-    ValidateFile's descriptor), which costs more than building Status's reply; hxd's replies never carry one.
+    task: asyncio.Task[Any]
+    descriptors: frozenset[int]
+
+
+class HxdBus(MessageBus):
+    """dbus-fast's MessageBus with hxd's additions (this module's docstring lists them).
+
+    Every message goes through ``_process_message``: a call is admitted (it holds one of its caller's pending
+    slots) or refused, and the descriptors of any message are closed there once it is handled. Methods get
+    handlers of hxd's own: a synchronous one (the read-only hot path, Status) is answered on the spot, without
+    dbus-fast's search of each reply for descriptors to attach (hxd's replies never carry one); a coroutine
+    method runs as a task that owns the descriptors it takes as arguments until it ends.
     """
+
+    def __init__(
+        self, bus_address: str | None = None, bus_type: BusType = BusType.SESSION, negotiate_unix_fd: bool = False
+    ) -> None:
+        super().__init__(bus_address, bus_type, negotiate_unix_fd=negotiate_unix_fd)
+        self._pending: dict[str, int] = {}  # caller -> calls pending
+        self._pending_total = 0
+        # (caller, serial) of admitted calls not yet answered; the bus refuses a call that reuses the serial of one
+        # still pending (AccessDenied), so each reply gives back exactly one slot.
+        self._awaiting_reply: set[tuple[str, int]] = set()
+        self._calls: set[asyncio.Task[Any]] = set()  # held: the loop keeps only weak references to tasks
+        self._started: _Started | None = None  # set by the message being handled, if it started a coroutine
+        self._refused = 0
+        self._refusal_logged = -_REFUSAL_LOG_INTERVAL_SEC
 
     async def connect(self) -> HxdBus:
         """Connect, then put PatientWriter in place of the writer dbus-fast builds inside connect(): nothing has
@@ -97,21 +145,119 @@ class HxdBus(MessageBus):
         self._writer = PatientWriter(self)
         return self
 
+    def _process_message(self, msg: Message) -> None:
+        """Every message hxd reads comes here (from dbus-fast's reader)."""
+        self._started = None
+        try:
+            if msg.message_type is not MessageType.METHOD_CALL:
+                super()._process_message(msg)
+            elif self._admit(msg):
+                self._handle_call(msg)
+        finally:
+            kept: frozenset[int] = self._started.descriptors if self._started is not None else frozenset()
+            for fd in msg.unix_fds:
+                if fd not in kept:
+                    os.close(fd)
+
+    def _admit(self, msg: Message) -> bool:
+        """Take one of the caller's pending slots for ``msg``, or answer it with an error at once."""
+        caller = msg.sender or ""
+        pending = self._pending.get(caller, 0)
+        if pending >= MAX_PENDING_PER_CALLER:
+            error = LimitsExceeded(
+                f"{caller} has {pending} calls to hxd pending, the most one caller may have; wait for their replies"
+            )
+        elif pending and self._pending_total >= MAX_PENDING:
+            error = LimitsExceeded(
+                f"hxd has {self._pending_total} calls pending from all callers and takes no second one from "
+                f"{caller} now; wait for the reply to its first"
+            )
+        else:
+            self._pending[caller] = pending + 1
+            self._pending_total += 1
+            return True
+        if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+            super().send(Message.new_error(msg, names.error_name(error), str(error)))
+        self._log_refusal(caller, str(error))
+        return False
+
+    def _log_refusal(self, caller: str, reason: str) -> None:
+        self._refused += 1
+        now = self._loop.time()
+        if now - self._refusal_logged >= _REFUSAL_LOG_INTERVAL_SEC:
+            log.warning("calls refused before they ran", refused=self._refused, last_caller=caller, reason=reason)
+            self._refused = 0
+            self._refusal_logged = now
+
+    def _handle_call(self, msg: Message) -> None:
+        """dbus-fast finds the handler and calls it; the slot is given back when the reply is written (``send``)
+        or, for a call that wants none, when its method returns."""
+        caller = msg.sender or ""
+        if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+            super()._process_message(msg)
+            if self._started is None:
+                self._release(caller)
+            return
+        self._awaiting_reply.add((caller, msg.serial))
+        super()._process_message(msg)
+
+    def _release(self, caller: str, *_: object) -> None:
+        pending = self._pending[caller] - 1
+        if pending:
+            self._pending[caller] = pending
+        else:
+            del self._pending[caller]
+        self._pending_total -= 1
+
+    def send(self, msg: Message) -> asyncio.Future[None]:  # type: ignore[override]  # as dbus-fast's aio send
+        future: asyncio.Future[None] = super().send(msg)
+        answers = (msg.destination or "", msg.reply_serial)
+        if msg.reply_serial and answers in self._awaiting_reply:
+            self._awaiting_reply.remove(answers)
+            if future.done():  # written at once; a callback would run only after the reader has read on
+                self._release(answers[0])
+            else:
+                future.add_done_callback(partial(self._release, answers[0]))
+        return future
+
     def _make_method_handler(
         self, interface: ServiceInterface, method: Any
     ) -> Callable[[Message, Callable[[Message], None]], None]:
-        if not inspect.iscoroutinefunction(method.fn):
-            return partial(_reply_without_descriptors, interface, method)
-        inner = super()._make_method_handler(interface, method)
+        if inspect.iscoroutinefunction(method.fn):
+            return partial(self._start_call, interface, method)
+        return partial(_reply_without_descriptors, interface, method)
 
-        def handler(msg: Message, send_reply: Callable[[Message], None]) -> None:
-            token = current_message.set(msg)
-            try:
-                inner(msg, send_reply)
-            finally:
-                current_message.reset(token)
+    def _start_call(self, interface: ServiceInterface, method: Any, msg: Message, send_reply: SendReply) -> None:
+        """Run a coroutine method as a task that sees ``msg`` as current_message (a task copies the context it is
+        created in) and owns the descriptors passed as its (top-level) ``h`` arguments until it ends."""
+        args = ServiceInterface._msg_body_to_args(msg) if msg.unix_fds else msg.body
+        types = method.in_signature_tree.types
+        taken = frozenset(
+            arg for arg, kind in zip(args, types, strict=True) if kind.token == "h" and arg in msg.unix_fds
+        )
+        token = current_message.set(msg)
+        try:
+            task = asyncio.ensure_future(method.fn(interface, *args))
+        finally:
+            current_message.reset(token)
+        self._started = _Started(task, taken)
+        self._calls.add(task)
+        task.add_done_callback(partial(self._call_ended, method, msg, send_reply, taken))
 
-        return handler
+    def _call_ended(
+        self, method: Any, msg: Message, send_reply: SendReply, taken: frozenset[int], task: asyncio.Task[Any]
+    ) -> None:
+        self._calls.discard(task)
+        for fd in taken:
+            os.close(fd)
+        if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+            if not task.cancelled():
+                task.exception()  # retrieved, so asyncio does not log it: hxd's methods log their own failures
+            self._release(msg.sender or "")
+            return
+        with send_reply:  # an exception becomes an error reply
+            body, _ = ServiceInterface._fn_result_to_body(task.result(), method.out_signature_tree, replace_fds=False)
+            send_reply(Message.new_method_return(msg, method.out_signature, body))
 
 
 def _reply_without_descriptors(

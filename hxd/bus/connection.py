@@ -227,7 +227,9 @@ class HxdBus(MessageBus):
             return partial(self._start_call, interface, method)
         return partial(_reply_without_descriptors, interface, method)
 
-    def _start_call(self, interface: ServiceInterface, method: Any, msg: Message, send_reply: SendReply) -> None:
+    def _start_call(
+        self, interface: ServiceInterface, method: Any, msg: Message, send_reply: Callable[[Message], None]
+    ) -> None:
         """Run a coroutine method as a task that sees ``msg`` as current_message (a task copies the context it is
         created in) and owns the descriptors passed as its (top-level) ``h`` arguments until it ends."""
         args = ServiceInterface._msg_body_to_args(msg) if msg.unix_fds else msg.body
@@ -245,7 +247,12 @@ class HxdBus(MessageBus):
         task.add_done_callback(partial(self._call_ended, method, msg, send_reply, taken))
 
     def _call_ended(
-        self, method: Any, msg: Message, send_reply: SendReply, taken: frozenset[int], task: asyncio.Task[Any]
+        self,
+        method: Any,
+        msg: Message,
+        send_reply: Callable[[Message], None],
+        taken: frozenset[int],
+        task: asyncio.Task[Any],
     ) -> None:
         self._calls.discard(task)
         for fd in taken:
@@ -255,6 +262,7 @@ class HxdBus(MessageBus):
                 task.exception()  # retrieved, so asyncio does not log it: hxd's methods log their own failures
             self._release(msg.sender or "")
             return
+        assert isinstance(send_reply, SendReply)  # dbus-fast's for a call that wants a reply
         with send_reply:  # an exception becomes an error reply
             body, _ = ServiceInterface._fn_result_to_body(task.result(), method.out_signature_tree, replace_fds=False)
             send_reply(Message.new_method_return(msg, method.out_signature, body))

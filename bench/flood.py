@@ -17,16 +17,14 @@ Exit status 1 when hxd did not survive the flood.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from hxsandbox.flood import finish, start
 from hxsandbox.world import HxdProcess, NotifySocket, PrivateBus, write_config
 
 FLOODERS = 4
@@ -34,31 +32,11 @@ WINDOW = 64
 RSS_SLACK_KIB = 4096
 
 
-def caller(*args: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "hxsandbox.flood", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def result(process: subprocess.Popen[str]) -> dict[str, Any]:
-    stdout, stderr = process.communicate(timeout=120)
-    if process.returncode != 0:
-        raise SystemExit(f"{process.args!r} failed: {stderr}")
-    return dict(json.loads(stdout))
-
-
-def descriptors(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:", 1)[1].split()[0])
-
-
 class Peaks:
     """hxd's highest descriptor count and RSS, sampled in a thread until stopped."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    def __init__(self, hxd: HxdProcess) -> None:
+        self.hxd = hxd
         self.descriptors = 0
         self.rss_kib = 0
         self._stop = threading.Event()
@@ -66,8 +44,8 @@ class Peaks:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.2):
-            self.descriptors = max(self.descriptors, descriptors(self.pid))
-            self.rss_kib = max(self.rss_kib, rss_kib(self.pid))
+            self.descriptors = max(self.descriptors, self.hxd.descriptors())
+            self.rss_kib = max(self.rss_kib, self.hxd.rss_kib())
 
     def __enter__(self) -> Peaks:
         self._thread.start()
@@ -78,12 +56,12 @@ class Peaks:
         self._thread.join()
 
 
-def seconds_until(condition: Any, timeout: float = 30.0) -> float:
+def seconds_until(condition: Callable[[], bool], timeout: float = 30.0) -> float:
     """Seconds until ``condition()`` holds (polled every 50 ms), or ``timeout`` when it never does."""
-    start = time.monotonic()
-    while not condition() and time.monotonic() - start < timeout:
+    began = time.monotonic()
+    while not condition() and time.monotonic() - began < timeout:
         time.sleep(0.05)
-    return time.monotonic() - start
+    return time.monotonic() - began
 
 
 def main() -> int:
@@ -100,22 +78,22 @@ def main() -> int:
         ):
             hxd.start()
             hxd.wait_ready()
-            idle = result(caller("probe", bus.address, "--seconds", seconds))
-            idle_fds, idle_rss = descriptors(hxd.pid), rss_kib(hxd.pid)
+            idle = finish(start("probe", bus.address, "--seconds", seconds))
+            idle_fds, idle_rss = hxd.descriptors(), hxd.rss_kib()
 
-            with Peaks(hxd.pid) as peaks:
+            with Peaks(hxd) as peaks:
                 floods = [
-                    caller("flood", bus.address, "--seconds", seconds, "--window", str(WINDOW)) for _ in range(FLOODERS)
+                    start("flood", bus.address, "--seconds", seconds, "--window", str(WINDOW)) for _ in range(FLOODERS)
                 ]
                 time.sleep(1)
-                probe = result(caller("probe", bus.address, "--seconds", str(args.seconds - 2)))
-                outcomes = [result(flood)["outcomes"] for flood in floods]
+                probe = finish(start("probe", bus.address, "--seconds", str(args.seconds - 2)))
+                outcomes = [finish(flood)["outcomes"] for flood in floods]
             assert hxd.process is not None
             if hxd.process.poll() is not None:
                 print(f"hxd exited during the flood ({hxd.process.returncode}); its log:\n{hxd.log()}")
                 return 1
-            fds_back = seconds_until(lambda: descriptors(hxd.pid) == idle_fds)
-            rss_back = seconds_until(lambda: rss_kib(hxd.pid) <= idle_rss + RSS_SLACK_KIB)
+            fds_back = seconds_until(lambda: hxd.descriptors() == idle_fds)
+            rss_back = seconds_until(lambda: hxd.rss_kib() <= idle_rss + RSS_SLACK_KIB)
             hxd.stop()
 
     served = sum(flood.get("ok", 0) for flood in outcomes) / args.seconds

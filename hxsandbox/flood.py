@@ -17,14 +17,18 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from dbus_fast import Message, MessageFlag, MessageType
 
 from hxd.bus import names
 from hxd.bus.connection import HxdBus, call_method, connect
+from hxsandbox.world import SandboxError
 
 
 def _outcome(reply: Message) -> str:
@@ -68,7 +72,7 @@ async def probe(address: str, seconds: float, interval: float) -> dict[str, Any]
     return {
         "outcomes": dict(outcomes),
         "p50": statistics.median(latencies),
-        "p99": statistics.quantiles(latencies, n=100)[98],
+        "p99": statistics.quantiles(latencies, n=100, method="inclusive")[98],
         "max": max(latencies),
     }
 
@@ -114,6 +118,21 @@ async def descriptors(address: str, calls: int, fds: int) -> dict[str, Any]:
         os.close(fd)
     bus.disconnect()
     return {"outcomes": dict(outcomes)}
+
+
+def start(*args: str, prefix: Sequence[str] = ()) -> subprocess.Popen[str]:
+    """``python -m hxsandbox.flood ARGS`` as a process of its own, behind ``prefix`` (setpriv's, to run it as another
+    account), from / (which every account may enter)."""
+    command = [*prefix, sys.executable, "-m", "hxsandbox.flood", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+
+
+def finish(process: subprocess.Popen[str]) -> dict[str, Any]:
+    """What a caller from ``start`` printed, once it has exited 0."""
+    stdout, stderr = process.communicate(timeout=120)
+    if process.returncode != 0:
+        raise SandboxError(f"{process.args!r} exited with {process.returncode}: {stderr.strip()}")
+    return dict(json.loads(stdout))
 
 
 def main() -> None:

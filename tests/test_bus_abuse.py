@@ -8,18 +8,13 @@ limit of 1024.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
-from typing import Any
 
 from busctl import as_user, manager
 from conftest import StartHxd
 
 from hxd.bus.connection import MAX_PENDING_PER_CALLER
+from hxsandbox.flood import finish, start
 from hxsandbox.world import HxdProcess, PrivateBus, wait_until
 
 FLOOD_SEC = 10.0
@@ -31,27 +26,7 @@ P99_BOUND_SEC = 0.5
 # RSS after the flood may keep what the allocator keeps; more than this over idle is a queue that did not drain.
 RSS_SLACK_KIB = 4096
 NO_TELEMETRY = "[telemetry]\nenabled = false\n"
-
-
-def caller(*args: str) -> subprocess.Popen[str]:
-    """``python -m hxsandbox.flood ARGS`` as nobody."""
-    command = [*as_user("nobody"), sys.executable, "-m", "hxsandbox.flood", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
-
-
-def result(process: subprocess.Popen[str]) -> dict[str, Any]:
-    stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 0, f"{process.args!r} failed: {stderr}"
-    return dict(json.loads(stdout))
-
-
-def descriptors(hxd: HxdProcess) -> int:
-    return len(os.listdir(f"/proc/{hxd.pid}/fd"))
-
-
-def rss_kib(hxd: HxdProcess) -> int:
-    status = Path(f"/proc/{hxd.pid}/status").read_text()
-    return int(status.split("VmRSS:", 1)[1].split()[0])
+NOBODY = as_user("nobody")  # every caller here
 
 
 def idle_hxd(start_hxd: StartHxd, bus: PrivateBus) -> HxdProcess:
@@ -63,14 +38,15 @@ def idle_hxd(start_hxd: StartHxd, bus: PrivateBus) -> HxdProcess:
 
 def test_four_flooding_clients_neither_stop_hxd_nor_starve_a_fifth(system_bus: PrivateBus, start_hxd: StartHxd) -> None:
     hxd = idle_hxd(start_hxd, system_bus)
-    idle_fds, idle_rss = descriptors(hxd), rss_kib(hxd)
+    idle_fds, idle_rss = hxd.descriptors(), hxd.rss_kib()
 
     floods = [
-        caller("flood", system_bus.address, "--seconds", str(FLOOD_SEC), "--window", str(WINDOW)) for _ in range(4)
+        start("flood", system_bus.address, "--seconds", str(FLOOD_SEC), "--window", str(WINDOW), prefix=NOBODY)
+        for _ in range(4)
     ]
     time.sleep(1)  # the probe times the flood at its height, not its start
-    probe = result(caller("probe", system_bus.address, "--seconds", str(FLOOD_SEC - 2)))
-    outcomes = [result(flood)["outcomes"] for flood in floods]
+    probe = finish(start("probe", system_bus.address, "--seconds", str(FLOOD_SEC - 2), prefix=NOBODY))
+    outcomes = [finish(flood)["outcomes"] for flood in floods]
 
     assert hxd.process is not None and hxd.process.poll() is None, f"hxd exited; its log:\n{hxd.log()}"
     for flood in outcomes:
@@ -79,17 +55,17 @@ def test_four_flooding_clients_neither_stop_hxd_nor_starve_a_fifth(system_bus: P
     assert set(probe["outcomes"]) == {"ok"}, probe  # never refused: it waits for each reply
     assert probe["p99"] < P99_BOUND_SEC, probe
 
-    wait_until(lambda: descriptors(hxd) == idle_fds, 10, f"hxd back to its {idle_fds} idle descriptors")
-    wait_until(lambda: rss_kib(hxd) <= idle_rss + RSS_SLACK_KIB, 10, f"hxd's RSS back to {idle_rss} KiB")
+    wait_until(lambda: hxd.descriptors() == idle_fds, 10, f"hxd back to its {idle_fds} idle descriptors")
+    wait_until(lambda: hxd.rss_kib() <= idle_rss + RSS_SLACK_KIB, 10, f"hxd's RSS back to {idle_rss} KiB")
 
 
 def test_descriptors_sent_with_calls_are_closed_whatever_becomes_of_the_call(
     system_bus: PrivateBus, start_hxd: StartHxd
 ) -> None:
     hxd = idle_hxd(start_hxd, system_bus)
-    idle = descriptors(hxd)
+    idle = hxd.descriptors()
 
-    calls = result(caller("descriptors", system_bus.address, "--calls", "1000", "--fds", "16"))
+    calls = finish(start("descriptors", system_bus.address, "--calls", "1000", "--fds", "16", prefix=NOBODY))
 
     assert calls["outcomes"] == {
         "Status: ok": 200,
@@ -99,4 +75,4 @@ def test_descriptors_sent_with_calls_are_closed_whatever_becomes_of_the_call(
         "sent": 200,  # Status() expecting no reply
         "final Status: ok": 1,
     }
-    assert descriptors(hxd) == idle  # hxd answered the last call after it had handled every one before it
+    assert hxd.descriptors() == idle  # hxd answered the last call after it had handled every one before it

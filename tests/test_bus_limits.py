@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from dbus_fast import Message, MessageType, NameFlag
+from dbus_fast import Message, MessageFlag, MessageType, NameFlag
 from dbus_fast.annotations import DBusUnixFd
 
 from hxd.bus import connection
@@ -105,6 +105,26 @@ async def test_a_caller_over_its_bound_is_answered_at_once_and_others_still_get_
     finally:
         flooder.disconnect()
         other.disconnect()
+
+
+async def test_a_call_that_wants_no_reply_holds_its_slot_until_its_method_returns(
+    bus: PrivateBus, service: Holding
+) -> None:
+    client = await connect(bus.address)
+    try:
+        for _ in range(MAX_PENDING_PER_CALLER):
+            silent = call("Hold")
+            silent.flags = MessageFlag.NO_REPLY_EXPECTED
+            await client.send(silent)
+        await until(lambda: service.inflight == MAX_PENDING_PER_CALLER)
+        refused = await client.call(call("Hold"))
+        assert refused and refused.error_name == LIMITS_EXCEEDED
+        service.release.set()
+        await until(lambda: service.inflight == 0)
+        answered = await client.call(call("Hold"))
+        assert answered and answered.message_type == MessageType.METHOD_RETURN
+    finally:
+        client.disconnect()
 
 
 async def test_past_the_total_only_a_callers_first_call_is_taken(

@@ -20,7 +20,6 @@ import os
 import socket
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -103,14 +102,6 @@ class PatientWriter(_MessageWriter):
             self.bus._finalize(e)
 
 
-@dataclass(frozen=True)
-class _Started:
-    """A coroutine method's call, started while its message was handled, and the descriptors it took."""
-
-    task: asyncio.Task[Any]
-    descriptors: frozenset[int]
-
-
 class HxdBus(MessageBus):
     """dbus-fast's MessageBus with hxd's additions (this module's docstring lists them).
 
@@ -131,7 +122,8 @@ class HxdBus(MessageBus):
         # still pending (AccessDenied), so each reply gives back exactly one slot.
         self._awaiting_reply: set[tuple[str, int]] = set()
         self._calls: set[asyncio.Task[Any]] = set()  # held: the loop keeps only weak references to tasks
-        self._started: _Started | None = None  # set by the message being handled, if it started a coroutine
+        # The descriptors taken by the coroutine method that the message being handled started; None if none started.
+        self._taken: frozenset[int] | None = None
         self._refused = 0
         self._refusal_logged = -_REFUSAL_LOG_INTERVAL_SEC
 
@@ -147,16 +139,15 @@ class HxdBus(MessageBus):
 
     def _process_message(self, msg: Message) -> None:
         """Every message hxd reads comes here (from dbus-fast's reader)."""
-        self._started = None
+        self._taken = None
         try:
             if msg.message_type is not MessageType.METHOD_CALL:
                 super()._process_message(msg)
             elif self._admit(msg):
                 self._handle_call(msg)
         finally:
-            kept: frozenset[int] = self._started.descriptors if self._started is not None else frozenset()
             for fd in msg.unix_fds:
-                if fd not in kept:
+                if self._taken is None or fd not in self._taken:
                     os.close(fd)
 
     def _admit(self, msg: Message) -> bool:
@@ -195,7 +186,7 @@ class HxdBus(MessageBus):
         caller = msg.sender or ""
         if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
             super()._process_message(msg)
-            if self._started is None:
+            if self._taken is None:  # no coroutine started: the method has returned
                 self._release(caller)
             return
         self._awaiting_reply.add((caller, msg.serial))
@@ -242,7 +233,7 @@ class HxdBus(MessageBus):
             task = asyncio.ensure_future(method.fn(interface, *args))
         finally:
             current_message.reset(token)
-        self._started = _Started(task, taken)
+        self._taken = taken
         self._calls.add(task)
         task.add_done_callback(partial(self._call_ended, method, msg, send_reply, taken))
 

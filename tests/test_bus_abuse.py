@@ -20,7 +20,7 @@ from hxsandbox.world import HxdProcess, PrivateBus, wait_until
 FLOOD_SEC = 10.0
 # Each flooding client keeps twice as many calls in flight as one caller may have pending, so hxd must refuse some.
 WINDOW = 2 * MAX_PENDING_PER_CALLER
-# The fifth client's Status p99 during the flood: 35-50 ms on the project's loaded 2-core machines (the Flood section
+# The fifth client's Status p99 during the flood: 26-50 ms on the project's 2-core machines (the Flood section
 # of docs/benchmarks.md); this bound only has to tell "served" from "starved" on a slower CI machine.
 P99_BOUND_SEC = 0.5
 # RSS after the flood may keep what the allocator keeps; more than this over idle is a queue that did not drain.

@@ -73,6 +73,7 @@ lock:
 bench: venv
 	$(BIN)/python bench/foundation.py
 	$(BIN)/python bench/telemetry.py
+	$(BIN)/python bench/flood.py
 	$(BIN)/python bench/migrate.py
 
 # The .deb: a source tree under build/deb from `git ls-files` plus packaging/debian as debian/, the wheels pinned

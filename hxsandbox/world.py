@@ -185,6 +185,14 @@ class HxdProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def descriptors(self) -> int:
+        """How many file descriptors hxd has open (/proc/PID/fd)."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def rss_kib(self) -> int:
+        """hxd's resident set size in KiB (VmRSS in /proc/PID/status)."""
+        return int(Path(f"/proc/{self.pid}/status").read_text().split("VmRSS:", 1)[1].split()[0])
+
     def __enter__(self) -> Self:
         return self
 

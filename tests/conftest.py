@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import socket
 import stat
@@ -24,6 +25,8 @@ from hxd import log as hxd_log
 from hxd.core.config import Config
 from hxsandbox.systemd import MockSystemd, OllamaService
 from hxsandbox.world import HxdProcess, NotifySocket, PrivateBus, free_port, wait_until, write_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 _skipped: list[str] = []
 
@@ -146,6 +149,43 @@ def world_traversable_dir(prefix: str) -> Iterator[Path]:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+SYSTEM_CONF = Path("/usr/share/dbus-1/system.conf")
+_UNTIED = re.compile(
+    r"<(user|pidfile|servicehelper|includedir)>.*?</\1>|<(fork|syslog|standard_system_servicedirs)/>", re.S
+)
+
+
+def system_like_config(directory: Path) -> Path:
+    """Debian's /usr/share/dbus-1/system.conf with only what ties it to the real system changed: it listens in
+    ``directory``, and the user switch, fork, pid file, syslog, service activation and the system.d directories are
+    removed; the shipped policy (dbus/org.hxinfra.hxd1.conf) is included."""
+    assert SYSTEM_CONF.exists(), f"{SYSTEM_CONF} is missing: apt-get install dbus-daemon"
+    text = _UNTIED.sub("", SYSTEM_CONF.read_text())
+    text = re.sub(r"<listen>.*?</listen>", f"<listen>unix:path={directory / 'bus'}</listen>", text)
+    text = text.replace("</busconfig>", f"  <include>{REPO / 'dbus/org.hxinfra.hxd1.conf'}</include>\n</busconfig>")
+    path = directory / "system-like.conf"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def system_bus(hxd_user: str) -> Iterator[PrivateBus]:
+    """Depends on hxd_user: the policy names that account, and the bus resolves it when it starts."""
+    # World-traversable, so that unprivileged users can reach the socket.
+    with (
+        world_traversable_dir("hxd-system-bus-") as directory,
+        PrivateBus(directory, system_like_config(directory)) as bus,
+    ):
+        yield bus
+
+
+@pytest.fixture(scope="module")
+def hxd_user() -> str:
+    """The account the package creates; tests run as root (CI does), so create it the same way if absent."""
+    system_account("hxd")
+    return "hxd"
 
 
 @pytest.fixture

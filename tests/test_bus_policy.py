@@ -1,59 +1,16 @@
-"""The shipped bus policy (dbus/org.hxinfra.hxd1.conf) on a bus running Debian's own system.conf policy.
-
-The bus config is Debian's /usr/share/dbus-1/system.conf with only what ties it to the real system changed: it
-listens in a temporary directory, and the user switch, fork, pid file, syslog, service activation and the system.d
-directories are removed. The shipped policy is included, so default-deny rules and our allowances interact exactly
-as on a node.
-"""
+"""The shipped bus policy (dbus/org.hxinfra.hxd1.conf) on a bus running Debian's own system.conf policy (the
+``system_bus`` fixture of conftest.py), so default-deny rules and our allowances interact exactly as on a node."""
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from busctl import as_user, busctl, call_manager, dbus_send, hxctl, manager
-from conftest import StartHxd, system_account, world_traversable_dir
+from conftest import StartHxd
 
 from hxd.bus import names
 from hxsandbox.world import PrivateBus
-
-REPO = Path(__file__).resolve().parents[1]
-SYSTEM_CONF = Path("/usr/share/dbus-1/system.conf")
-_UNTIED = re.compile(
-    r"<(user|pidfile|servicehelper|includedir)>.*?</\1>|<(fork|syslog|standard_system_servicedirs)/>", re.S
-)
-
-
-def system_like_config(directory: Path) -> Path:
-    assert SYSTEM_CONF.exists(), f"{SYSTEM_CONF} is missing: apt-get install dbus-daemon"
-    text = _UNTIED.sub("", SYSTEM_CONF.read_text())
-    text = re.sub(r"<listen>.*?</listen>", f"<listen>unix:path={directory / 'bus'}</listen>", text)
-    text = text.replace("</busconfig>", f"  <include>{REPO / 'dbus/org.hxinfra.hxd1.conf'}</include>\n</busconfig>")
-    path = directory / "system-like.conf"
-    path.write_text(text)
-    return path
-
-
-@pytest.fixture(scope="module")
-def system_bus(hxd_user: str) -> Iterator[PrivateBus]:
-    """Depends on hxd_user: the policy names that account, and the bus resolves it when it starts."""
-    # World-traversable, so that unprivileged users can reach the socket.
-    with (
-        world_traversable_dir("hxd-system-bus-") as directory,
-        PrivateBus(directory, system_like_config(directory)) as bus,
-    ):
-        yield bus
-
-
-@pytest.fixture(scope="module")
-def hxd_user() -> str:
-    """The account the package creates; tests run as root (CI does), so create it the same way if absent."""
-    system_account("hxd")
-    return "hxd"
 
 
 def request_name(address: str, user: str) -> subprocess.CompletedProcess[str]:

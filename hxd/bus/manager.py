@@ -5,7 +5,6 @@ properties, and a change to any of them is sent as PropertiesChanged so clients 
 """
 
 import asyncio
-import os
 from typing import Annotated, Any, TypeVar
 
 from dbus_fast import PropertyAccess, Variant
@@ -140,17 +139,14 @@ class Manager(HxdInterface):
     @method(action=names.ACTION_VALIDATE)
     async def ValidateFile(self, file: DBusUnixFd, options: DBusDict) -> ValidateReply:
         """Validate the file the caller opened and passed (so hxd reads nothing the caller could not); options as
-        Validate, plus name (s) to show in the report."""
+        Validate, plus name (s) to show in the report. The descriptor is the call's: HxdBus closes it when the
+        call ends."""
         if file not in current_message.get().unix_fds:
             # dbus-fast passes the raw index when no descriptor came with the message: never read hxd's own fds.
             raise InvalidArgs("the file must come as an attached file descriptor (type h), not a number")
-        try:
-            values = parse_options(options, {**VALIDATE_OPTIONS, "name": "s"})
-            name = values.pop("name", "")
-            report = await asyncio.to_thread(self.engine.validate, Options(**values), file, name)
-        finally:
-            os.close(file)
-        return self._reply(report)
+        values = parse_options(options, {**VALIDATE_OPTIONS, "name": "s"})
+        name = values.pop("name", "")
+        return self._reply(await asyncio.to_thread(self.engine.validate, Options(**values), file, name))
 
     def _reply(self, report: Report) -> tuple[str, bool, list[tuple[str, str, int, str, str, str]]]:
         self.engine.record_validation(report)

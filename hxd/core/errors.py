@@ -34,6 +34,11 @@ class Busy(HxdError):
     """Another job holds the node (or one of the same kind runs), in hxd or in hxctl --offline; the message names it."""
 
 
+class LimitsExceeded(HxdError):
+    """The caller has as many calls to hxd pending as one caller may (or hxd as it takes from all); the call was not
+    run: wait for the replies of the earlier calls, then retry."""
+
+
 class Refused(HxdError):
     """hxd looked and will not do this as things are (a migration's plan, a rollback with nothing to undo); nothing
     was changed, and the message says what to change first."""

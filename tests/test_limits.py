@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 from busctl import as_user, manager
-from conftest import StartHxd, system_account, world_traversable_dir
-from test_bus_policy import system_like_config
+from conftest import StartHxd, system_account, system_like_config, world_traversable_dir
 
 from hxd.core.telemetry.recorder import SAMPLE_TIMEOUT_SEC
 from hxd.metrics.server import MAX_CONNECTIONS

@@ -31,6 +31,7 @@ from dbus_fast.send_reply import SendReply
 from dbus_fast.service import ServiceInterface
 
 from hxd.bus import names
+from hxd.bus.replies import PatchedBody
 from hxd.core.errors import LimitsExceeded
 
 log = structlog.get_logger("hxd.bus")
@@ -268,6 +269,9 @@ def _reply_without_descriptors(
     finally:
         current_message.reset(token)
     if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+        return
+    if isinstance(result, PatchedBody):
+        send_reply(result.reply_to(msg))
         return
     body, _ = ServiceInterface._fn_result_to_body(result, method.out_signature_tree, replace_fds=False)
     send_reply(Message.new_method_return(msg, method.out_signature, body))

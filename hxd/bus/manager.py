@@ -16,6 +16,7 @@ from hxd.bus.auth import Authority
 from hxd.bus.connection import current_message
 from hxd.bus.jobs import JobExporter, job_path, to_variants
 from hxd.bus.methods import HxdInterface, method, parse_options
+from hxd.bus.replies import MarshalledBody
 from hxd.core.audit_report import AuditResult
 from hxd.core.engine import Engine
 from hxd.core.errors import InvalidArgs, InvalidConfig
@@ -77,12 +78,12 @@ class Manager(HxdInterface):
         super().__init__(names.MANAGER_INTERFACE, authority)
         self.engine = engine
         self.jobs = jobs
-        # Status() is the hot path: its variants are built once per change of the facts, not once per call.
-        self._status_cache: dict[str, Variant] | None = None
+        # Status() is the hot path: its reply is marshalled once per change of the facts, not once per call.
+        self._status_body: MarshalledBody | None = None
         engine.observers.append(self._facts_changed)
 
     def _facts_changed(self, facts: frozenset[str]) -> None:
-        self._status_cache = None
+        self._status_body = None
         names_ = [_PROPERTIES[f] for f in facts if f in _PROPERTIES]
         self.emit_properties_changed({name: getattr(self, name) for name in names_})
 
@@ -106,14 +107,14 @@ class Manager(HxdInterface):
 
     @method(public=True)
     def Status(self) -> DBusDict:
-        """Every fact in one reply: version, node, state, uptime_sec, config_path, features, timers, paths, ..."""
-        if self._status_cache is None:
-            self._status_cache = {
-                key: Variant(_STATUS_SIGNATURES.get(key, "s"), value) for key, value in self._values().items()
-            }
-        reply = dict(self._status_cache)
-        reply["uptime_sec"] = Variant("d", self.engine.uptime_sec())
-        return reply
+        """Every fact in one reply: version, node, state, uptime_sec, config_path, features, timers, paths, ...
+
+        Returns the reply's wire bytes with the current uptime patched in (hxd.bus.replies), typed as the dict
+        they encode."""
+        if self._status_body is None:
+            values = {key: Variant(_STATUS_SIGNATURES.get(key, "s"), value) for key, value in self._values().items()}
+            self._status_body = MarshalledBody(values, last_key="uptime_sec")
+        return self._status_body.with_last(self.engine.uptime_sec())  # type: ignore[return-value]
 
     @method()
     async def Reload(self) -> None:

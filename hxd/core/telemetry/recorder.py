@@ -8,6 +8,11 @@ Samples are single-flight: one sampling thread at most, ever. Whoever asks while
 timer, any number of ``SampleTelemetry()`` callers) gets that sample when it comes, and a hung NVML call holds that
 one thread only: every caller gives up after SAMPLE_TIMEOUT_SEC with ``Unavailable``, and no new sample starts
 until the hung one returns.
+
+Sampling is the one timed operation that is not a hxd.core.runner job, on purpose: a sample is well under a
+millisecond of NVML reads (docs/benchmarks.md), writes only the telemetry CSV (no job touches it), cannot stop
+halfway, and must go on while a migration holds the node-wide lock. A job (lock record, thread, D-Bus object) per
+sample would cost more than the sample; single-flight gives it the runner's rule that matters here, one at a time.
 """
 
 from __future__ import annotations

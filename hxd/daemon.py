@@ -130,8 +130,7 @@ class Daemon:
             config=str(self.engine.config_path),
             metrics=_socket_name(metrics_socket),
         )
-        if (migrate := self.engine.features["migrate"]).state != FeatureState.OK:
-            log.warning("an interrupted migration needs attention", detail=migrate.detail)
+        self._recover_migration()
         disconnected = asyncio.create_task(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
         stopping = asyncio.create_task(self.stop.wait())
         await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -143,6 +142,14 @@ class Daemon:
             log.error("lost the connection to the bus; exiting so systemd restarts hxd")
             return 1
         return await self._shutdown(bus, manager)
+
+    def _recover_migration(self) -> None:
+        """A crash past a migration's stop may have left Ollama down: the engine rolls it back now."""
+        try:
+            if self.engine.recover_migration() is None and self.engine.features["migrate"].state != FeatureState.OK:
+                log.warning("an interrupted migration needs attention", detail=self.engine.features["migrate"].detail)
+        except HxdError as exc:
+            log.error("cannot roll back the interrupted migration now", error=str(exc))
 
     def _metrics_socket(self) -> socket.socket | None:
         """systemd's socket (hxd.socket), else one bound to metrics.listen, else None (no endpoint)."""

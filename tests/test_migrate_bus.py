@@ -24,6 +24,7 @@ from test_config import HOSTILE, hostile_value
 from hxd.bus import names
 from hxd.core.config import Config
 from hxd.core.jobs import JobControl, JobState
+from hxd.core.migrate import journal as journals
 from hxd.core.migrate.runner import Migration
 from hxsandbox.migrate import run_migration
 from hxsandbox.systemd import OllamaService
@@ -234,3 +235,31 @@ def test_hxctl_progress_comes_before_the_result_and_counts_only_its_phase(
         "start",
         "post-check",
     ]
+
+
+class Crash(BaseException):
+    """hxd dying mid-migration, as far as the migration can tell: nothing of it runs after this."""
+
+
+def test_hxd_rolls_back_at_start_a_migration_a_crash_left_with_ollama_stopped(
+    bus: PrivateBus, start_hxd: StartHxd, node: Config, ollama: OllamaService
+) -> None:
+    def crash_after_the_stop(state: JobState, changed: frozenset[str]) -> None:
+        if state.phase == "catch-up":
+            raise Crash
+
+    env_before = node.paths.env_file.read_bytes()
+    with pytest.raises(Crash):
+        run_migration(Migration(node, ollama, JobControl("migrate", crash_after_the_stop)))
+    assert journals.load(node.paths.state_dir).state == "stopped"  # type: ignore[union-attr]
+    assert ollama.calls[-1] == "stop ollama.service"
+    start_on_node(start_hxd, node)
+
+    def rolled_back() -> bool:
+        journal = journals.load(node.paths.state_dir)
+        return journal is not None and journal.state == "rolled-back"
+
+    wait_until(rolled_back, 30, "hxd's rollback at start")
+    assert ollama.calls[-2:] == ["stop ollama.service", "start ollama.service"]
+    assert node.paths.env_file.read_bytes() == env_before and not node.paths.legacy.is_symlink()
+    assert call_manager(bus.address, "Status")[0]["features"]["data"]["migrate"] == "ok"

@@ -22,6 +22,15 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def remove_temps(target: Path) -> list[str]:
+    """Remove the temporary files a process killed inside ``replace_file`` left beside ``target``; their names."""
+    removed = []
+    for temp in target.parent.glob(f".{target.name}.*.hxd-tmp"):
+        temp.unlink(missing_ok=True)
+        removed.append(temp.name)
+    return removed
+
+
 def write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:

@@ -25,6 +25,8 @@ from hxd.core.envfile_reader import read_envfile, read_envfile_fd
 from hxd.core.errors import InvalidConfig
 from hxd.core.features import FEATURES, Feature, FeatureState
 from hxd.core.jobs import JobControl, JobSummary
+from hxd.core.migrate import journal as journals
+from hxd.core.migrate.journal import AFTER_STOP
 from hxd.core.migrate.plan import AlreadyAligned
 from hxd.core.migrate.runner import Migration, interrupted
 from hxd.core.modelref import ModelRef
@@ -302,6 +304,16 @@ class Engine:
             return lambda: migration.rollback(journal)
 
         return self._migration_job("rollback", prepare)
+
+    def recover_migration(self) -> Job | None:
+        """At start: roll back a migration that a crash interrupted after Ollama may have been stopped, so that the
+        node serves again without waiting for an operator (docs/migration.md, "Crashes"). Returns the rollback
+        job, or None when there is nothing to recover."""
+        journal = journals.load(self.config.paths.state_dir)
+        if journal is None or not journal.interrupted or journal.state not in AFTER_STOP:
+            return None
+        log.warning("rolling back a migration interrupted after the stop", id=journal.id, state=str(journal.state))
+        return self.rollback()
 
     def prune(self) -> Job:
         """After a committed migration, delete the old store it kept (no rollback after this)."""

@@ -26,6 +26,7 @@ from hxd.core.envfile_reader import read_envfile
 from hxd.core.errors import Cancelled, Failed, Refused
 from hxd.core.jobs import JobControl, JobState
 from hxd.core.migrate import journal as journals
+from hxd.core.migrate.copy import Corrupt
 from hxd.core.migrate.plan import make_plan, targets
 from hxd.core.migrate.runner import Migration, interrupted
 from hxd.core.validate import Options, validate
@@ -102,13 +103,41 @@ def test_copy_migration_end_to_end(tmp_path: Path, tmpfs: Path) -> None:
 
 
 def test_same_filesystem_links_instead_of_copying(tmp_path: Path) -> None:
+    """Blobs that already have Ollama's owner and mode are hashed, then linked; others are copied, and the source's
+    own owner and mode stay as they were (a link would share, and change, them)."""
     config = node_config(tmp_path)
     make_legacy_node(config)
+    blobs = sorted((config.paths.legacy / "blobs").iterdir())
+    ollama = pwd.getpwnam("ollama")
+    for blob in blobs[1:]:
+        os.chown(blob, ollama.pw_uid, ollama.pw_gid)
+        blob.chmod(0o644)
+    blobs[0].chmod(0o600)  # root's, 0600: not what Ollama needs
+    before = {blob.name: blob.stat() for blob in blobs}
     result, _ = run(config)
     assert result["same_filesystem"] is True
     for blob in (config.paths.bulk / "blobs").iterdir():
-        assert os.path.samefile(blob, old_store(config) / "blobs" / blob.name)
+        assert os.path.samefile(blob, old_store(config) / "blobs" / blob.name) == (blob.name != blobs[0].name)
+    for blob in (old_store(config) / "blobs").iterdir():
+        st, was = blob.stat(), before[blob.name]
+        assert (st.st_uid, st.st_gid, st.st_mode) == (was.st_uid, was.st_gid, was.st_mode)
     assert readable_models(config.paths.canonical) == readable_models(old_store(config))
+
+
+def test_same_filesystem_blobs_are_verified_too(tmp_path: Path) -> None:
+    config = node_config(tmp_path)
+    make_legacy_node(config)
+    ollama = pwd.getpwnam("ollama")
+    for blob in (config.paths.legacy / "blobs").iterdir():
+        os.chown(blob, ollama.pw_uid, ollama.pw_gid)
+        blob.chmod(0o644)
+    victim = max((config.paths.legacy / "blobs").iterdir(), key=lambda b: b.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 1
+    victim.write_bytes(data)
+    with pytest.raises(Corrupt, match=f"blob {victim.name} in .* is corrupt"):
+        run(config)
+    assert journals.load(config.paths.state_dir).state == "copying"  # type: ignore[union-attr]
 
 
 def test_a_bind_mount_of_the_same_filesystem_is_copied_to(tmp_path: Path, tmpfs: Path) -> None:
@@ -319,14 +348,14 @@ def test_post_check_against_the_served_models(tmp_path: Path, tmpfs: Path) -> No
 
 
 class LosingService(OllamaService):
-    """Bulk storage loses a manifest while the service is down (after verification): the post-check must see it."""
+    """Bulk storage loses a manifest after the switch, as the service starts: the post-check must see it."""
 
     bulk = Path("/nonexistent")
 
-    def stop(self, unit: str) -> None:
-        super().stop(unit)
+    def start(self, unit: str) -> None:
         for lost in self.bulk.glob("manifests/*/*/qwen3/*"):
             lost.unlink()
+        super().start(unit)
 
 
 def test_failed_post_check_rolls_back(tmp_path: Path, tmpfs: Path) -> None:
@@ -338,7 +367,7 @@ def test_failed_post_check_rolls_back(tmp_path: Path, tmpfs: Path) -> None:
     service.bulk = config.paths.bulk
     service.start("ollama.service")
     try:
-        with pytest.raises(Failed, match=r"post-check failed, so the migration was rolled back: missing \['registry"):
+        with pytest.raises(Failed, match=r"rolled back and ollama.service started again: post-check: missing \['regi"):
             run(config, service)
         assert service.calls[-2:] == ["stop ollama.service", "start ollama.service"]  # rolled back, serving again
     finally:

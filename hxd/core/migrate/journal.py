@@ -1,8 +1,14 @@
 """The migration journal: what has been done, written durably before and after every irreversible step.
 
-Content addressing makes most state re-derivable (a blob is done when ``bulk/blobs/<name>`` exists), so the journal
-holds what cannot be re-derived: which blobs were verified (so a resume does not re-hash them), the server's model
-list before the migration, the service's state, what the switch changed and where the backups are.
+Content addressing makes most state re-derivable (a blob is done when ``bulk/blobs/<name>`` exists and hashes to
+its name), so the journal holds what cannot be re-derived: which blobs were verified (so a resume does not re-hash
+them), the server's model list before the migration, the service's state, what the switch changed and where the
+backups are.
+
+It is a write-ahead log: every name hxd is about to create is in it before the name can exist (``planned_blobs``
+and ``planned_manifests`` before the copy starts, each switch step with its backup before the step, ``stopping``
+before systemd is asked to stop Ollama), so after a kill at any system call a rollback knows every name to take
+back and whether Ollama may be down.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ JOURNAL_NAME = "migration.json"
 
 
 class Phase(StrEnum):
-    """Where a migration is: copying, verified, stopped, switching, started, then committed (or rolled-back);
-    later pruned. The last three are final; any other means interrupted."""
+    """Where a migration is: copying, verified, stopping, stopped, switching, started, then committed (or
+    rolled-back); later pruned. The last three are final; any other means interrupted."""
 
     COPYING = "copying"
     VERIFIED = "verified"
+    STOPPING = "stopping"
     STOPPED = "stopped"
     SWITCHING = "switching"
     STARTED = "started"
@@ -38,8 +45,9 @@ class Phase(StrEnum):
 
 
 FINAL = (Phase.COMMITTED, Phase.ROLLED_BACK, Phase.PRUNED)
-# From these on Ollama may have been stopped: a rollback starts it again.
-AFTER_STOP = (Phase.STOPPED, Phase.SWITCHING, Phase.STARTED, Phase.COMMITTED)
+# From these on Ollama may have been stopped: a rollback starts it again, and hxd rolls back at its start a
+# migration interrupted in one of them (docs/migration.md, "Crashes").
+AFTER_STOP = (Phase.STOPPING, Phase.STOPPED, Phase.SWITCHING, Phase.STARTED, Phase.COMMITTED)
 
 
 @dataclass
@@ -50,6 +58,8 @@ class Journal:
     unit: str
     same_fs: bool
     started: str
+    planned_blobs: list[str] = field(default_factory=list)  # every blob name hxd may create in bulk storage
+    planned_manifests: list[str] = field(default_factory=list)  # and every manifest (relative to manifests/)
     verified: dict[str, int] = field(default_factory=dict)
     manifests: dict[str, str] = field(default_factory=dict)
     tags_before: dict[str, str] = field(default_factory=dict)
@@ -64,6 +74,15 @@ class Journal:
     @property
     def interrupted(self) -> bool:
         return self.state not in FINAL
+
+    def plan_names(self, blobs: list[str], manifests: list[str], state_dir: Path) -> None:
+        """Write ahead the names about to be created (durably, before any of them can exist)."""
+        new_blobs = [n for n in blobs if n not in set(self.planned_blobs)]
+        new_manifests = [m for m in manifests if m not in set(self.planned_manifests)]
+        if new_blobs or new_manifests:
+            self.planned_blobs += new_blobs
+            self.planned_manifests += new_manifests
+            self.save(state_dir)
 
     def save(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)

@@ -2,24 +2,27 @@
 
 Phases and journal states:
 1. ``copying``: blobs, then manifests, into bulk storage while Ollama keeps serving from the source;
-2. ``verified``: every manifest's blobs present with the manifest's size, every copied blob hashed to its name;
-3. ``stopped``: Ollama's unit stopped; what changed since phase 1 is copied and verified;
+2. ``verified``: every manifest's blobs present with the manifest's size, every blob hashed to its name (linked
+   ones too);
+3. ``stopping``, journaled before systemd is asked, then ``stopped``: Ollama's unit is down; what changed since
+   phase 1 is copied and verified;
 4. ``switching``: canonical symlinks, the legacy path, OLLAMA_MODELS (each step journaled before it is taken);
 5. ``started``: the unit started again; then the post-check (the same models with the same digests in
-   /api/tags), ``committed`` if it holds, an automatic rollback if it does not.
-Every step is idempotent, so ``resume`` simply runs the remaining ones again after a crash.
+   /api/tags), ``committed`` if it holds.
+Every step is idempotent, so ``resume`` simply runs the remaining ones again after a crash. From ``stopping`` on,
+any failure rolls the migration back, which starts Ollama again: it is never left down.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import shutil
+import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,21 +30,22 @@ from typing import Any
 
 import structlog
 
-from hxd.core.atomic import replace_file
+from hxd.core.atomic import remove_temps, replace_file
 from hxd.core.config import Config
 from hxd.core.envfile_writer import set_variable
-from hxd.core.errors import Cancelled, Failed, Refused
+from hxd.core.errors import Failed, HxdError, Refused
 from hxd.core.jobs import JobControl
 from hxd.core.migrate import journal as journals
-from hxd.core.migrate.copy import Ownership, copy_blob, copy_manifest, ensure_dir, link_blob
-from hxd.core.migrate.journal import AFTER_STOP, Journal, Phase
-from hxd.core.migrate.plan import STAGING, Plan, make_plan, targets
+from hxd.core.migrate.copy import Ownership, blob_in_place, copy_manifest, open_staging, place_blob, remove_tree
+from hxd.core.migrate.journal import AFTER_STOP, JOURNAL_NAME, Journal, Phase
+from hxd.core.migrate.plan import STAGING, Plan, Targets, make_plan, targets
 from hxd.core.migrate.switch import change, point, undo
 from hxd.core.modelref import parse_ref
 from hxd.core.ollama_api import OllamaUnavailable, list_models
+from hxd.core.safefs import Dir, Unsafe
 from hxd.core.schedule import iso
 from hxd.core.service import ServiceController
-from hxd.core.store import Store, StoreError, sha256_file
+from hxd.core.store import Store, StoreError
 
 log = structlog.get_logger("hxd.migrate")
 
@@ -65,6 +69,7 @@ class Migration:
     config: Config
     controller: ServiceController
     control: JobControl
+    workers: int = _WORKERS  # 1 makes the order of system calls repeatable (the kill-at-every-call test)
 
     @property
     def state_dir(self) -> Path:
@@ -98,44 +103,52 @@ class Migration:
 
     def _run(self, journal: Journal, plan: Plan, owner: Ownership, started: float) -> dict[str, Any]:
         stop_time = started  # a resumed run past the stop cannot know when Ollama went down: from the resume on
+        if journal.state == Phase.COPYING:
+            with _Trees.open(journal.targets, owner) as trees:
+                self._copy(journal, plan, owner, trees)
+            self._verify(journal)
+            journal.state = Phase.VERIFIED
+            journal.save(self.state_dir)
+        self.control.point_of_no_return()  # from the stop on, the migration ends committed or rolled back
         try:
-            if journal.state == Phase.COPYING:
-                self._copy(journal, plan, owner)
-                self._verify(journal)
-                journal.state = Phase.VERIFIED
-                journal.save(self.state_dir)
             if journal.state == Phase.VERIFIED:
-                self.control.point_of_no_return()  # from the stop on, the migration ends committed or rolled back
+                journal.state = Phase.STOPPING  # written ahead: from here on Ollama may be down
+                journal.save(self.state_dir)
+            if journal.state == Phase.STOPPING:
                 self.control.update(phase="stop", message=f"stopping {journal.unit}")
                 stop_time = time.monotonic()
                 if journal.service_was_active:
                     self.controller.stop(journal.unit)
                 journal.state = Phase.STOPPED
                 journal.save(self.state_dir)
-        except (Failed, Cancelled) as exc:
-            if journal.state in (Phase.COPYING, Phase.VERIFIED):  # nothing switched: the source serves as before
-                log.warning("migration stopped before the switch", error=str(exc))
-            raise
-        self.control.point_of_no_return()  # a resumed run past the stop, too
-        if journal.state == Phase.STOPPED:
-            self._catch_up(journal, owner)
-            journal.state = Phase.SWITCHING
-            journal.save(self.state_dir)
-        if journal.state == Phase.SWITCHING:
-            self._switch(journal, owner)
-            if journal.service_was_active:
-                self.control.update(phase="start", message=f"starting {journal.unit}")
-                self.controller.start(journal.unit)
-            journal.state = Phase.STARTED
-            journal.save(self.state_dir)
-        problem = self._post_check(journal)
+            if journal.state == Phase.STOPPED:
+                self._catch_up(journal, owner)
+                journal.state = Phase.SWITCHING
+                journal.save(self.state_dir)
+            if journal.state == Phase.SWITCHING:
+                self._switch(journal, owner)
+                if journal.service_was_active:
+                    self.control.update(phase="start", message=f"starting {journal.unit}")
+                    self.controller.start(journal.unit)
+                journal.state = Phase.STARTED
+                journal.save(self.state_dir)
+            problem = self._post_check(journal)
+            problem = problem and f"post-check: {problem}"
+        except Exception as exc:  # any failure past the stop: roll back, so that Ollama is started again
+            if not isinstance(exc, HxdError | OSError):
+                log.exception("migration failed after the stop")
+            problem = _reason(exc)
         downtime = time.monotonic() - stop_time  # from the stop until the post-check got its answer
         if problem:
-            self._undo(journal)
-            journal.finish(self.state_dir, Phase.ROLLED_BACK, f"post-check failed, rolled back: {problem}")
-            raise Failed(f"post-check failed, so the migration was rolled back: {problem}")
-        shutil.rmtree(journal.targets.bulk / STAGING, ignore_errors=True)
+            self.rollback(journal, why=f"failed after {journal.unit} was stopped ({problem})")
+            raise Failed(
+                f"the migration failed after the stop, so it was rolled back and {journal.unit} started again: {problem}"
+            )
+        with Dir.enter(journal.targets.bulk) as bulk:
+            remove_tree(bulk, STAGING)
+        remove_temps(journal.targets.env_file.resolve())
         journal.finish(self.state_dir, Phase.COMMITTED, "committed")
+        remove_temps(self.state_dir / JOURNAL_NAME)
         message = (
             f"committed: {len(journal.verified)} blobs and {len(journal.manifests)} manifests in "
             f"{journal.targets.bulk}; {journal.unit} was down {downtime:.2f} s"
@@ -202,10 +215,8 @@ class Migration:
 
     # --- phases 1 and 2 -------------------------------------------------------------------------------------------
 
-    def _copy(self, journal: Journal, plan: Plan, owner: Ownership) -> None:
-        bulk = journal.targets.bulk
-        for directory in (bulk / "blobs", bulk / "manifests", bulk / STAGING):
-            ensure_dir(directory, owner)
+    def _copy(self, journal: Journal, plan: Plan, owner: Ownership, trees: _Trees) -> None:
+        journal.plan_names(sorted(plan.blobs), plan.manifests, self.state_dir)
         todo = {name: size for name, size in plan.blobs.items() if name not in journal.verified}
         self.control.update(
             phase="copy",
@@ -213,28 +224,25 @@ class Migration:
             items_total=len(plan.blobs),
             bytes_done=sum(journal.verified.values()),
             items_done=len(journal.verified),
-            message=f"{len(todo)} blobs to {'link' if journal.same_fs else 'copy'}",
+            message=f"{len(todo)} blobs to {'hash and link' if journal.same_fs else 'copy'}",
         )
-        self._put_blobs(journal, owner, todo, plan.present)
+        self._put_blobs(journal, owner, todo, trees)
         self.control.check()
         self.control.update(phase="manifests", message=f"{len(plan.manifests)} manifests")
-        self._put_manifests(journal, owner, plan.manifests)
+        self._put_manifests(journal, owner, plan.manifests, trees)
 
-    def _put_blobs(self, journal: Journal, owner: Ownership, todo: dict[str, int], present: dict[str, int]) -> None:
-        source, bulk = journal.targets.source / "blobs", journal.targets.bulk
+    def _put_blobs(self, journal: Journal, owner: Ownership, todo: dict[str, int], trees: _Trees) -> None:
         lock = threading.Lock()
 
         def one(name: str) -> None:
             if self.control.cancelled:
                 return
-            target = bulk / "blobs" / name
-            if journal.same_fs:
-                link_blob(source / name, bulk / "blobs", name, owner)
-                self.control.advance(bytes_done=todo[name])
-            elif name in present and sha256_file(target) == name.removeprefix("sha256-"):
+            if blob_in_place(trees.blobs, name, todo[name]):
                 self.control.advance(bytes_done=todo[name])  # left complete by an interrupted run
             else:
-                copy_blob(source / name, bulk / STAGING, bulk / "blobs", name, owner, self.control)
+                place_blob(
+                    trees.source_blobs, trees.staging, trees.blobs, name, owner, self.control, link=journal.same_fs
+                )
                 if self.control.cancelled:
                     return
             with lock:
@@ -242,15 +250,14 @@ class Migration:
                 journal.save(self.state_dir)
             self.control.advance(items_done=1)
 
-        _parallel(one, sorted(todo, key=lambda n: -todo[n]))
+        _parallel(one, sorted(todo, key=lambda n: -todo[n]), self.workers)
 
-    def _put_manifests(self, journal: Journal, owner: Ownership, manifests: list[str]) -> None:
-        source, bulk = journal.targets.source / "manifests", journal.targets.bulk
+    def _put_manifests(self, journal: Journal, owner: Ownership, manifests: list[str], trees: _Trees) -> None:
         for relative in manifests:
             journal.manifests[relative] = copy_manifest(
-                source / relative, bulk / STAGING, bulk / "manifests" / relative, owner
+                trees.source_manifests, relative, trees.staging, trees.manifests, owner
             )
-        journal.save(self.state_dir)
+            journal.save(self.state_dir)
 
     def _verify(self, journal: Journal) -> None:
         """Every manifest in bulk storage has all its blobs, with the manifest's sizes (their hashes were checked)."""
@@ -274,14 +281,14 @@ class Migration:
         """With Ollama stopped, bring over what changed while it served: new blobs, new or changed manifests."""
         self.control.update(phase="catch-up", message="copying what changed while Ollama served")
         plan = make_plan(self.config, journal.targets, resuming=True)
-        todo = {name: size for name, size in plan.blobs.items() if name not in journal.verified}
-        self._put_blobs(journal, owner, todo, plan.present)
-        source = Store(journal.targets.source)
-        changed = [m for m in plan.manifests if journal.manifests.get(m) != sha256_file(source.manifests_dir / m)]
-        self._put_manifests(journal, owner, changed)
-        for gone in sorted(set(journal.manifests) - set(plan.manifests)):
-            (journal.targets.bulk / "manifests" / gone).unlink(missing_ok=True)
-            del journal.manifests[gone]
+        journal.plan_names(sorted(plan.blobs), plan.manifests, self.state_dir)
+        with _Trees.open(journal.targets, owner) as trees:
+            todo = {name: size for name, size in plan.blobs.items() if name not in journal.verified}
+            self._put_blobs(journal, owner, todo, trees)
+            self._put_manifests(journal, owner, plan.manifests, trees)  # small: copied again, changed or not
+            for gone in sorted(set(journal.manifests) - set(plan.manifests)):
+                _unlink_beneath(trees.manifests, gone)
+                del journal.manifests[gone]
         journal.save(self.state_dir)
         self._verify(journal)
 
@@ -289,27 +296,29 @@ class Migration:
         """Each step is written to the journal (with how it will be undone) before it is taken."""
         self.control.update(phase="switch", message="switching to the canonical layout")
         canonical, bulk, legacy = journal.targets.canonical, journal.targets.bulk, journal.targets.legacy
-        if not canonical.exists():
+        if not os.path.lexists(canonical):
             self._record(journal, "canonical", "created-dir")
-            ensure_dir(canonical, owner)
-        for part in ("blobs", "manifests"):
-            link, backup = canonical / part, canonical / f".hxd-backup-{journal.id}-{part}"
-            self._record(journal, f"canonical-{part}", change(link, bulk / part), backup)
-            point(link, bulk / part, backup)
+        with _enter_or_create(canonical, owner) as directory:
+            for part in ("blobs", "manifests"):
+                backup = f".hxd-backup-{journal.id}-{part}"
+                self._record(journal, f"canonical-{part}", change(directory, part, bulk / part), backup)
+                point(directory, part, bulk / part, backup)
         if legacy != canonical:
-            backup = legacy.with_name(f"{legacy.name}.hxd-backup-{journal.id}")
-            self._record(journal, "legacy", change(legacy, canonical), backup)
-            point(legacy, canonical, backup)
+            backup = f"{legacy.name}.hxd-backup-{journal.id}"
+            with Dir.enter(legacy.parent) as parent:
+                self._record(journal, "legacy", change(parent, legacy.name, canonical), backup)
+                point(parent, legacy.name, canonical, backup)
         self._record(journal, "env", "set")
         set_variable(journal.targets.env_file, "OLLAMA_MODELS", str(canonical))
 
-    def _record(self, journal: Journal, step: str, how: str, backup: Path | None = None) -> None:
-        """Journal a switch step and how to undo it, durably, before it is taken (once: a resume repeats steps)."""
+    def _record(self, journal: Journal, step: str, how: str, backup: str | None = None) -> None:
+        """Journal a switch step and how to undo it, durably, before it is taken (once: a resume repeats steps).
+        The backup is a name in the same directory as the step's path."""
         if any(done[0] == step for done in journal.switched):
             return
         journal.switched.append([step, how])
         if backup is not None:
-            journal.backups[step] = str(backup)
+            journal.backups[step] = backup
         journal.save(self.state_dir)
 
     # --- phase 5 ----------------------------------------------------------------------------------------------
@@ -349,43 +358,69 @@ class Migration:
             )
         return journal
 
-    def rollback(self, journal: Journal) -> dict[str, Any]:
+    def rollback(self, journal: Journal, why: str = "rolled back") -> dict[str, Any]:
+        """Undo the switch (starting Ollama if it may be down), take back every name the migration created and
+        its temporary files; safe to repeat after a crash at any point of a run or of an earlier rollback."""
         self.control.update(phase="rollback", message=f"rolling back migration {journal.id}")
         self._undo(journal)
         self._remove_copies(journal)
-        journal.finish(self.state_dir, Phase.ROLLED_BACK, "rolled back")
+        remove_temps(journal.targets.env_file.resolve())
+        journal.finish(self.state_dir, Phase.ROLLED_BACK, why)
+        remove_temps(self.state_dir / JOURNAL_NAME)
         undone = [step for step, _ in reversed(journal.switched)]
         return {"message": f"rolled back migration {journal.id}", "id": journal.id, "undone": undone}
 
     def _undo(self, journal: Journal) -> None:
-        stopped = journal.state in AFTER_STOP
-        if journal.switched and journal.service_was_active:
-            self.controller.stop(journal.unit)
+        may_be_down = journal.state in AFTER_STOP and journal.service_was_active
+        if may_be_down:
+            self.controller.stop(journal.unit)  # the layout changes back under a stopped Ollama only
         for step, how in reversed(journal.switched):
             if step == "env":
                 env = journal.targets.env_file
-                replace_file(env, Path(journal.env_backup).read_bytes(), like=env.stat())
-            elif step == "canonical":
-                _remove_if_empty(journal.targets.canonical)
-            else:
-                link = journal.targets.legacy if step == "legacy" else journal.targets.canonical / step.split("-", 1)[1]
-                undo(link, Path(journal.backups[step]), how)
-        if stopped and journal.service_was_active:
+                replace_file(env.resolve(), Path(journal.env_backup).read_bytes(), like=env.stat())
+                continue
+            parent_path, name = _step_path(journal, step)
+            try:
+                parent = Dir.enter(parent_path)
+            except FileNotFoundError:
+                continue  # nothing of this step can be there
+            with parent:
+                if step == "canonical":
+                    parent.rmdir(name)
+                else:
+                    undo(parent, name, _backup_name(journal, step), how)
+        if may_be_down:
             self.controller.start(journal.unit)
 
     def _remove_copies(self, journal: Journal) -> None:
-        """Take back what the migration put in bulk storage (the names the journal lists, nothing else), so the
+        """Take back what the migration put in bulk storage (the names the journal planned, nothing else), so the
         store is where it was and a later migration starts clean. Models pulled into bulk storage after the
-        migration are not in the journal and stay, and a new migration refuses until someone decides about them."""
-        bulk = journal.targets.bulk
-        for name in journal.verified:
-            (bulk / "blobs" / name).unlink(missing_ok=True)
-        for relative in journal.manifests:
-            (bulk / "manifests" / relative).unlink(missing_ok=True)
-        shutil.rmtree(bulk / STAGING, ignore_errors=True)
-        for directory in sorted((bulk / "manifests").glob("**/"), key=lambda d: -len(d.parts)):
-            _remove_if_empty(directory)
-        _remove_if_empty(bulk / "blobs")
+        migration are not in the journal and stay, and a new migration refuses until someone decides about them.
+        A name the owner of bulk storage turned into a symlink on the way is skipped, never followed."""
+        try:
+            bulk = Dir.enter(journal.targets.bulk)
+        except FileNotFoundError:
+            return
+        with bulk:
+            blobs = _sub_or_none(bulk, "blobs")
+            if blobs is not None:
+                with blobs:
+                    for name in sorted({*journal.planned_blobs, *journal.verified}):
+                        blobs.unlink(name)
+                    blobs.fsync()
+            manifests = _sub_or_none(bulk, "manifests")
+            if manifests is not None:
+                with manifests:
+                    planned = {*journal.planned_manifests, *journal.manifests}
+                    for relative in sorted(planned):
+                        _unlink_beneath(manifests, relative)
+                    parents = {str(Path(r).parents[i]) for r in planned for i in range(len(Path(r).parts) - 1)}
+                    for directory in sorted(parents, key=lambda d: -d.count("/")):
+                        _rmdir_beneath(manifests, directory)
+            remove_tree(bulk, STAGING)
+            bulk.rmdir("blobs")
+            bulk.rmdir("manifests")
+            bulk.fsync()
 
     def prune_journal(self) -> Journal:
         """The committed migration whose old store a prune would delete; Refused when there is none."""
@@ -397,16 +432,16 @@ class Migration:
     def prune_source(self, journal: Journal) -> dict[str, Any]:
         """After a committed migration: delete the old store (the backups the switch kept). Rollback ends here."""
         self.control.update(phase="prune", message="deleting the old store")
-        removed = [path for path in journal.backups.values() if os.path.lexists(path)]
-        if journal.targets.source not in (journal.targets.legacy, journal.targets.canonical) and os.path.isdir(
-            journal.targets.source
-        ):
-            removed.append(str(journal.targets.source))
-        for path in removed:
-            if os.path.islink(path):
-                os.unlink(path)
-            else:
-                shutil.rmtree(path)
+        doomed = [(*_step_path(journal, step)[:1], _backup_name(journal, step)) for step in journal.backups]
+        t = journal.targets
+        if t.source not in (t.legacy, t.canonical):
+            doomed.append((t.source.parent, t.source.name))
+        removed = []
+        for parent_path, name in doomed:
+            with Dir.enter(parent_path) as parent:
+                if parent.lstat(name) is not None:
+                    remove_tree(parent, name)
+                    removed.append(str(parent_path / name))
         journal.finish(self.state_dir, Phase.PRUNED, f"pruned {len(removed)} paths")
         return {"message": f"removed the old store: {', '.join(removed)}", "id": journal.id, "removed": removed}
 
@@ -438,14 +473,103 @@ def _store_tags(store: Store) -> dict[str, str]:
     return tags
 
 
-def _remove_if_empty(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        directory.rmdir()
+@dataclass
+class _Trees:
+    """The directories one run works in, each opened once, without following a symlink (hxd.core.safefs)."""
+
+    source_blobs: Dir
+    source_manifests: Dir
+    bulk: Dir
+    blobs: Dir
+    manifests: Dir
+    staging: Dir
+
+    @classmethod
+    @contextmanager
+    def open(cls, t: Targets, owner: Ownership) -> Iterator[_Trees]:
+        with ExitStack() as stack:
+            source = stack.enter_context(Dir.enter(t.source))
+            bulk = stack.enter_context(_enter_or_create(t.bulk, owner))
+            mode, ids = owner.dir_mode, (owner.uid, owner.gid)
+            yield cls(
+                source_blobs=stack.enter_context(source.sub("blobs")),
+                source_manifests=stack.enter_context(source.sub("manifests")),
+                bulk=bulk,
+                blobs=stack.enter_context(bulk.make_sub("blobs", mode, ids)),
+                manifests=stack.enter_context(bulk.make_sub("manifests", mode, ids)),
+                staging=stack.enter_context(open_staging(bulk)),
+            )
 
 
-def _parallel(work: Callable[[str], None], items: list[str]) -> None:
+def _enter_or_create(path: Path, owner: Ownership) -> Dir:
+    """The directory ``path``, with missing ones (and their missing parents) created with Ollama's owner."""
+    missing: list[str] = []
+    existing = path
+    while not os.path.lexists(existing):
+        missing.insert(0, existing.name)
+        existing = existing.parent
+    directory = Dir.enter(existing)
+    for name in missing:
+        with directory:
+            directory = directory.make_sub(name, owner.dir_mode, (owner.uid, owner.gid))
+    return directory
+
+
+def _step_path(journal: Journal, step: str) -> tuple[Path, str]:
+    """The directory holding a switch step's path, and the path's name there."""
+    t = journal.targets
+    if step == "legacy":
+        return t.legacy.parent, t.legacy.name
+    if step == "canonical":
+        return t.canonical.parent, t.canonical.name
+    return t.canonical, step.removeprefix("canonical-")
+
+
+def _backup_name(journal: Journal, step: str) -> str:
+    return Path(journal.backups[step]).name  # journals before 0.2 kept the whole path
+
+
+def _sub_or_none(parent: Dir, name: str) -> Dir | None:
+    st = parent.lstat(name)
+    return parent.sub(name) if st is not None and stat.S_ISDIR(st.st_mode) else None
+
+
+def _unlink_beneath(directory: Dir, relative: str) -> None:
+    """Remove ``relative`` if it is there; a symlink on the way means it is not (skipped, never followed)."""
+    head, _, leaf = relative.rpartition("/")
+    try:
+        parent = directory.sub(head) if head else None
+    except (FileNotFoundError, NotADirectoryError, Unsafe):
+        return
+    if parent is None:
+        directory.unlink(leaf)
+        return
+    with parent:
+        parent.unlink(leaf)
+
+
+def _rmdir_beneath(directory: Dir, relative: str) -> None:
+    head, _, leaf = relative.rpartition("/")
+    try:
+        parent = directory.sub(head) if head else None
+    except (FileNotFoundError, NotADirectoryError, Unsafe):
+        return
+    if parent is None:
+        directory.rmdir(leaf)
+        return
+    with parent:
+        parent.rmdir(leaf)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return f"{exc.filename or 'a file'}: {exc.strerror}"
+    return " ".join(str(exc).split())
+
+
+def _parallel(work: Callable[[str], None], items: list[str], workers: int) -> None:
     """Run ``work`` on every item with a few threads; the first exception is raised once all have stopped."""
-    with ThreadPoolExecutor(_WORKERS, thread_name_prefix="hxd-migrate") as pool:
+    with ThreadPoolExecutor(workers, thread_name_prefix="hxd-migrate") as pool:
         futures = [pool.submit(work, item) for item in items]
     for future in futures:
         future.result()

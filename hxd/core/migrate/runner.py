@@ -142,7 +142,8 @@ class Migration:
         if problem:
             self.rollback(journal, why=f"failed after {journal.unit} was stopped ({problem})")
             raise Failed(
-                f"the migration failed after the stop, so it was rolled back and {journal.unit} started again: {problem}"
+                f"the migration failed after the stop, so it was rolled back and {journal.unit} "
+                f"started again: {problem}"
             )
         with Dir.enter(journal.targets.bulk) as bulk:
             remove_tree(bulk, STAGING)

@@ -54,11 +54,12 @@ test: lint
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check hxd hxsandbox tests tools bench tools/gpu-check tools/e2e tools/fresh
-	$(BIN)/ruff format --check hxd hxsandbox tests tools bench tools/gpu-check tools/e2e tools/fresh
+	$(BIN)/ruff check hxd hxsandbox tests tools bench tools/e2e tools/fresh tools/gpu-sandbox-check
+	$(BIN)/ruff format --check hxd hxsandbox tests tools bench tools/e2e tools/fresh tools/gpu-sandbox-check
 	$(BIN)/mypy
 	$(BIN)/mypy --strict tools/e2e  # apart: mypy takes each extensionless script for the module __main__
 	$(BIN)/mypy --strict tools/fresh
+	$(BIN)/mypy --strict tools/gpu-sandbox-check
 
 # Regenerate both lock files from pyproject.toml (needs network access to PyPI).
 lock:

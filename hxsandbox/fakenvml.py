@@ -1,4 +1,4 @@
-"""A fake ``pynvml`` for the tests, the benchmarks and tools/gpu-check's tests: no GPU or driver needed.
+"""A fake ``pynvml`` for the tests, the benchmarks and the GPU self-check's tests: no GPU or driver needed.
 
 Faked at the pynvml boundary, as gpustat's tests do: the real nvidia-ml-py module's error classes and constants
 (so ``NVMLError(3)`` is the real ``NVMLError_NotSupported``), and the nvml* functions hxd's sampler calls,
@@ -13,9 +13,10 @@ NVML_AGGREGATE_ECC (the board's lifetime); anything else raises InvalidArgument.
 The defaults are the real H100 row of docs/gpu-telemetry.md, "CSV format" (driver 590.48.01), whose
 ``clocks.current.graphics`` equals ``clocks.current.sm`` and whose aggregate ECC totals are 0, as the volatile ones.
 
-``python -m hxsandbox.fakenvml [--gpus N] [--hung] -- HXD-ARGS`` runs hxd itself on this fake (hxd imports
-``pynvml`` at its first sample and finds the fake already imported), for the tests that need a daemon whose NVML
-hangs (hxsandbox.world.HxdProcess's ``program``).
+``python -m hxsandbox.fakenvml [--gpus N] [--hung] [--init-error CODE] -- HXD-ARGS`` runs hxd itself on this fake
+(hxd imports ``pynvml`` at its first sample and finds the fake already imported), for the tests that need a daemon
+whose NVML hangs or is refused, or whose GPUs hxsandbox.fakesmi prints as nvidia-smi would
+(hxsandbox.world.HxdProcess's ``program``).
 """
 
 from __future__ import annotations
@@ -230,9 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hxsandbox.fakenvml", description="hxd on a fake NVML")
     parser.add_argument("--gpus", type=int, default=1, help="how many captured H100s (default 1)")
     parser.add_argument("--hung", action="store_true", help="every NVML call blocks forever")
+    parser.add_argument(
+        "--init-error",
+        type=int,
+        metavar="CODE",
+        help="nvmlInit fails with this NVML error code (999 Unknown Error: what a device cgroup's refusal gives)",
+    )
     parser.add_argument("hxd", nargs=argparse.REMAINDER, help="-- and hxd's arguments")
     args = parser.parse_args(argv)
-    sys.modules["pynvml"] = FakeNvml([h100(index) for index in range(args.gpus)], hung=args.hung)
+    gpus = [h100(index) for index in range(args.gpus)]
+    sys.modules["pynvml"] = FakeNvml(gpus, hung=args.hung, init_error=args.init_error)
     from hxd.daemon import main as hxd_main  # after the fake is in place: nothing of hxd's has imported pynvml yet
 
     return hxd_main(args.hxd[1:] if args.hxd[:1] == ["--"] else args.hxd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from busctl import hxctl, hxctl_command, hxctl_merged, status
 from conftest import StartHxd
 
+from hxsandbox import fakesmi
 from hxsandbox.world import PrivateBus, write_config
 
 
@@ -157,6 +159,81 @@ def test_telemetry_json_without_nvml_is_an_empty_list(
         assert (result.returncode, result.stdout) == (1, "[]\n"), result.stderr
         assert result.stderr.startswith("hxctl: cannot import pynvml (no NVIDIA driver on this node); install ")
         assert result.stderr.count("\n") == 1
+
+
+def fake_nvml(*options: str) -> tuple[str, ...]:
+    """hxd's interpreter arguments to run it on hxsandbox.fakenvml (two captured H100s) with ``options``."""
+    return ("-m", "hxsandbox.fakenvml", "--gpus", "2", *options, "--")
+
+
+def test_telemetry_compare_agrees(bus: PrivateBus, start_hxd: StartHxd, tmp_path: Path) -> None:
+    """hxd on the fake NVML against a fake nvidia-smi printing the same two GPUs under load: every field agrees
+    within the tolerances (power 625.00 W against hxd's 631.95 W; temperature 60 against 59; pstate not compared)."""
+    start_hxd(program=fake_nvml())
+    smi = fakesmi.install(tmp_path / "bin", "--gpus", "2", "--set", "power_mw=625000", "--set", "temperature_c=60")
+    result = hxctl("--bus", bus.address, "telemetry", "--compare", "--nvidia-smi", str(smi))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.rstrip().endswith("2 GPU(s): hxd agrees with nvidia-smi")
+    assert re.search(r"power\.draw \[W\] +625\.00 W +631\.95 W\n", result.stdout)
+    assert re.search(r"timestamp +\d{4}/\d\d/\d\d [\d:.]+ +\d{4}-\d\d-\d\dT[\d:]+Z +\(not compared\)", result.stdout)
+
+
+def test_telemetry_compare_names_the_field_and_both_values(
+    bus: PrivateBus, start_hxd: StartHxd, tmp_path: Path
+) -> None:
+    start_hxd(program=fake_nvml())
+    smi = fakesmi.install(tmp_path / "bin", "--gpus", "2", "--set", "power_mw=520000")
+    result = hxctl("--bus", bus.address, "telemetry", "--compare", "--nvidia-smi", str(smi))
+    assert result.returncode == 1, result.stdout + result.stderr
+    marked = [line for line in result.stdout.splitlines() if "<-" in line]
+    assert len(marked) == 2  # power.draw of each GPU, nothing else
+    assert all(
+        re.fullmatch(r" +power\.draw \[W\] +520\.00 W +631\.95 W +<- differs by 111\.95, more than 63\.195", m)
+        for m in marked
+    )
+    assert result.stdout.rstrip().endswith("2 GPU(s): 2 difference(s)")
+
+
+def test_telemetry_compare_names_the_setting_when_nvml_is_denied_inside(
+    bus: PrivateBus, start_hxd: StartHxd, tmp_path: Path
+) -> None:
+    """NVML refused inside hxd (nvmlInit: Unknown Error, what a device cgroup's EPERM gives) while nvidia-smi works
+    outside: exit 6, the device rules named first, with how to confirm them."""
+    start_hxd(program=fake_nvml("--init-error", "999"))
+    smi = fakesmi.install(tmp_path / "bin", "--gpus", "2")
+    result = hxctl("--bus", bus.address, "telemetry", "--compare", "--nvidia-smi", str(smi))
+    assert result.returncode == 6, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "hxd cannot sample the GPUs, but nvidia-smi can (2 GPUs): NVML: Unknown Error"
+    assert lines[1] == "meaning: NVML could not open or use a device node"
+    assert lines[2].startswith("likely at fault: DevicePolicy=closed with DeviceAllow= in hxd.service: ")
+    assert "grep nvidia /proc/devices" in lines[3] and "DevicePolicy=auto" in lines[3]
+    assert [line.split(":")[1].strip() for line in lines[4::2]] == [
+        "SystemCallFilter= in hxd.service",
+        "MemoryDenyWriteExecute=yes in hxd.service",
+        "ProcSubset=pid / ProtectProc=invisible in hxd.service",
+    ]
+
+
+def test_telemetry_compare_without_nvidia_smi(bus: PrivateBus, start_hxd: StartHxd, tmp_path: Path) -> None:
+    start_hxd(program=fake_nvml())
+    missing = hxctl("--bus", bus.address, "telemetry", "--compare", "--nvidia-smi", str(tmp_path / "none"))
+    no_driver = hxctl(
+        "--bus", bus.address, "telemetry", "--compare", "--nvidia-smi", str(fakesmi.install(tmp_path, "--no-driver"))
+    )
+    assert (missing.returncode, missing.stdout) == (7, "")
+    assert (
+        missing.stderr == f"hxctl: nothing to compare with: {tmp_path}/none: not found; install the NVIDIA "
+        "driver's utilities or pass --nvidia-smi\n"
+    )
+    assert (no_driver.returncode, no_driver.stdout) == (7, "")
+    assert no_driver.stderr.startswith("hxctl: nothing to compare with: ") and fakesmi.NO_DRIVER in no_driver.stderr
+    assert "failed with exit status 9" in no_driver.stderr
+
+
+def test_telemetry_compare_and_json_are_exclusive() -> None:
+    result = hxctl("telemetry", "--compare", "--json")
+    assert result.returncode == 2 and "not allowed with argument" in result.stderr
 
 
 def test_stdout_and_stderr_in_one_pipe_keep_their_order(tmp_path: Path) -> None:

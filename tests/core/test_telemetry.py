@@ -1,18 +1,15 @@
 """Telemetry as the daemon drives it: state lines, back-off while NVML is unavailable (logged once, not per
-cycle), metrics that parse and never sample, rows for D-Bus, ``hxctl telemetry`` and tools/gpu-check."""
+cycle), metrics that parse and never sample, rows for D-Bus, ``hxctl telemetry`` and ``--compare`` (nvidia-smi)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import importlib
-import importlib.machinery
-import importlib.util
 import json
 import re
 import threading
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -22,10 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from hxd.cli import telemetry as cli
 from hxd.core import engine
 from hxd.core.config import TelemetryConfig
-from hxd.core.telemetry import recorder, smi
+from hxd.core.telemetry import compare, recorder, smi
 from hxd.core.telemetry.recorder import MAX_BACKOFF_SEC, Telemetry, rows
-from hxd.core.telemetry.sampler import Unavailable
+from hxd.core.telemetry.sampler import Sampler, Unavailable
 from hxd.metrics.gpus import metric_lines
+from hxsandbox import fakesmi
 from hxsandbox.fakenvml import MIB, FakeGpu, FakeNvml, h100
 
 pynvml = importlib.import_module("pynvml")
@@ -362,52 +360,136 @@ def test_hxctl_telemetry_offline_table_and_json(
     assert [gpu["state"] for gpu in shown] == ["ok", "lost: GPU is lost"]
 
 
-def load_gpu_check() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("gpu_check", str(ROOT / "tools/gpu-check"))
-    spec = importlib.util.spec_from_loader("gpu_check", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+def compare_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], nvml: FakeNvml, *smi_args: str
+) -> tuple[int, str, str]:
+    """``hxctl --offline telemetry --compare`` in this process on ``nvml``, against hxsandbox.fakesmi with
+    ``smi_args``: exit status, stdout, stderr."""
+    config = tmp_path / "hxd.toml"
+    config.write_text(f'[paths]\nlog_dir = "{tmp_path}/log"\n')
+    monkeypatch.setattr(engine, "Telemetry", lambda path, settings: Telemetry(path, settings, nvml))
+    smi_path = str(tmp_path / "none") if smi_args == ("missing",) else str(fakesmi.install(tmp_path, *smi_args))
+    args = hxctl_telemetry(["--offline", "--config", str(config), "telemetry", "--compare", "--nvidia-smi", smi_path])
+    code = args.run(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
-def fake_smi(tmp_path: Path, gpus: list[FakeGpu], **changes: str) -> Path:
-    """A stand-in nvidia-smi that prints what the real one would for these GPUs, with ``changes`` applied."""
-    telemetry = Telemetry(tmp_path / "unused.csv", TelemetryConfig(), FakeNvml(gpus))
-    lines = [smi.HEADER]
-    for row in rows(telemetry.read_now()):
-        row.update(timestamp="2026/07/14 08:12:53.353", **{key.replace("_", "."): v for key, v in changes.items()})
-        lines.append(smi.csv_row(row))
-    script = tmp_path / "nvidia-smi"
-    script.write_text("#!/bin/sh\ncat <<'EOF'\n" + "\n".join(lines) + "\nEOF\n")
-    script.chmod(0o755)
-    return script
+def test_fakesmi_prints_the_captured_h100_row() -> None:
+    """The fake nvidia-smi against the real capture in docs/gpu-telemetry.md, "CSV format": its columns, in its
+    order, print the same cells for the same GPU (but the timestamp, and the uuid the docs shorten)."""
+    page = (ROOT / "docs/gpu-telemetry.md").read_text()
+    header, row = re.search(r"```\n  (timestamp, .*)\n  (.*)\n  ```", page).groups()  # type: ignore[union-attr]
+    names = [cell.split(" [")[0] for cell in header.split(", ")]
+    printed = fakesmi.render([h100(0)], ",".join(names)).splitlines()
+    assert printed[0] == header
+    expected, ours = row.split(", "), printed[1].split(", ")
+    assert [c for n, c in zip(names, ours, strict=True) if n not in ("timestamp", "uuid")] == [
+        c for n, c in zip(names, expected, strict=True) if n not in ("timestamp", "uuid")
+    ]
+    assert re.fullmatch(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{3}", ours[0])
 
 
-def test_gpu_check_agrees_within_the_tolerances(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    gpu_check = load_gpu_check()
-    gpus = [h100(0), h100(1)]
-    script = fake_smi(tmp_path, gpus, power_draw="625.00 W", temperature_gpu="60", pstate="P2")
-    assert gpu_check.main(["--nvidia-smi", str(script)], nvml=FakeNvml(gpus)) == 0
-    out = capsys.readouterr().out
-    assert "2 GPU(s): hxd agrees with nvidia-smi" in out and "(not compared)" in out
+def test_compare_agrees_within_the_tolerances(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nvml = FakeNvml([h100(0), h100(1)])
+    changes = ["--set", "power_mw=625000", "--set", "temperature_c=60", "--set", "pstate=2"]
+    code, out, _ = compare_offline(tmp_path, monkeypatch, capsys, nvml, "--gpus", "2", *changes)
+    assert code == 0, out
+    assert out.endswith("2 GPU(s): hxd agrees with nvidia-smi\n") and "(not compared)" in out
+    assert re.search(r"\n  pstate +P2 +P0 +\(not compared\)\n", out)
 
 
-def test_gpu_check_reports_differences(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    gpu_check = load_gpu_check()
-    gpus = [h100(0)]
-    script = fake_smi(tmp_path, gpus, memory_used="20296 MiB", memory_total="81560 MiB")  # v1 "used" is +478 MiB
-    assert gpu_check.main(["--nvidia-smi", str(script)], nvml=FakeNvml(gpus)) == 1
-    out = capsys.readouterr().out
-    assert re.search(r"memory\.used \[MiB\] +20296 MiB +19818 MiB +<- differs by 478, more than 32", out)
-    assert re.search(r"memory\.total \[MiB\] +81560 MiB +81559 MiB +<- differs", out)
-    assert "2 difference(s)" in out
+def test_compare_reports_each_difference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gpu = h100(0)
+    gpu.errors["nvmlDeviceGetFanSpeed"] = pynvml.NVML_ERROR_NO_PERMISSION  # refused inside: nvidia-smi prints [N/A]
+    changes = ["--set", "temperature_c=62", "--set", "power_limit_mw=650000", "--set", "clocks_event_reasons=4"]
+    code, out, _ = compare_offline(tmp_path, monkeypatch, capsys, FakeNvml([gpu]), *changes)
+    assert code == 1
+    marked = {line.split("  ")[1].strip(): line.split("<- ")[1] for line in out.splitlines() if "<-" in line}
+    assert marked == {
+        "temperature.gpu": "differs by 3, more than 2",
+        "power.limit [W]": "differs",
+        "fan.speed [%]": "differs",  # a token against a token: [N/A] outside, [Insufficient Permissions] inside
+    }
+    assert re.search(r"power\.limit \[W\] +650\.00 W +700\.00 W +<- differs\n", out)
+    assert out.endswith("1 GPU(s): 3 difference(s)\n")
 
 
-def test_gpu_check_without_nvidia_smi_or_nvml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    gpu_check = load_gpu_check()
-    assert gpu_check.main(["--nvidia-smi", str(tmp_path / "none")], nvml=FakeNvml([h100(0)])) == 2
-    script = fake_smi(tmp_path, [h100(0)])
+def test_a_field_refused_inside_is_flagged_as_the_sandbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gpu = h100(0)
+    gpu.errors["nvmlDeviceGetPowerUsage"] = pynvml.NVML_ERROR_UNKNOWN  # a system call refused under the filter
+    code, out, _ = compare_offline(tmp_path, monkeypatch, capsys, FakeNvml([gpu]))
+    assert code == 1
+    assert re.search(r"power\.draw \[W\] +631\.95 W +\[Unknown Error\] +<- differs: hxd's NVML call was refused", out)
+
+
+def test_compare_with_a_gpu_missing_or_lost_on_one_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gpus = [h100(0), h100(1), h100(2)]
+    gpus[1].lost = True
+    code, out, _ = compare_offline(tmp_path, monkeypatch, capsys, FakeNvml(gpus), "--gpus", "2")
+    assert code == 1
+    lost = "GPU 1 GPU-00000001-5f2c-4a1e-9b7d-0123456789ab (NVIDIA H100 80GB HBM3)\n  lost: GPU is lost in hxd's sample"
+    assert f"\n{lost}\n" in out  # lost before hxd read its uuid: matched by index
+    assert "\nGPU 2 GPU-00000002-5f2c-4a1e-9b7d-0123456789ab: in hxd's sample, not in nvidia-smi's\n" in out
+    assert out.endswith("2 GPU(s): 2 difference(s)\n")
+
+
+def test_compare_without_nvidia_smi_or_nvml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = compare_offline(tmp_path, monkeypatch, capsys, FakeNvml([h100(0)]), "missing")
+    assert (code, out) == (7, "")
+    assert err.startswith(f"hxctl: nothing to compare with: {tmp_path}/none: not found; ")
     missing = FakeNvml(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
-    assert gpu_check.main(["--nvidia-smi", str(script)], nvml=missing) == 2
-    assert "gpu-check: NVML: NVML Shared Library Not Found" in capsys.readouterr().err
+    code, out, err = compare_offline(tmp_path, monkeypatch, capsys, missing, "--no-driver")
+    assert code == 7 and err.splitlines()[1] == (
+        "hxctl: this process cannot sample either: NVML: NVML Shared Library Not Found; "
+        "libnvidia-ml.so.1 was not found; install the NVIDIA driver"
+    )
+    code, out, err = compare_offline(tmp_path, monkeypatch, capsys, missing)
+    assert (code, err) == (6, "")
+    assert out == (  # no hxd.service to suspect: this process has no sandbox
+        "this process cannot sample the GPUs, but nvidia-smi can (1 GPU): NVML: NVML Shared Library Not Found; "
+        "libnvidia-ml.so.1 was not found; install the NVIDIA driver\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "first"),
+    [
+        (pynvml.NVML_ERROR_UNKNOWN, compare.DEVICES),
+        (pynvml.NVML_ERROR_NO_PERMISSION, compare.PERMISSIONS),
+        (pynvml.NVML_ERROR_DRIVER_NOT_LOADED, compare.PRIVATE_DEVICES),
+        (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, compare.MDWE),
+        (pynvml.NVML_ERROR_TIMEOUT, compare.DEVICES),  # no rule: every suspect, the device rules first
+    ],
+)
+def test_diagnosis_from_the_reason_hxd_gives(error: int, first: compare.Suspect) -> None:
+    """The reason as the sampler words it for each NVML error nvmlInit can raise, to the setting suspected first."""
+    with pytest.raises(Unavailable) as caught:
+        Sampler(FakeNvml(init_error=error)).sample()
+    diagnosis = compare.diagnose(str(caught.value))
+    assert diagnosis.suspects[0] == first
+    lines = compare.explain(diagnosis)
+    assert lines[1] == f"likely at fault: {first.setting} in hxd.service: {first.why}"
+    assert lines[2] == f"  confirm: {first.confirm}"
+
+
+def test_reasons_no_setting_explains(tmp_path: Path) -> None:
+    hung = recorder._hung(recorder._Flight(record=False))
+    for reason, advice in [
+        ("cannot import pynvml (No module named 'pynvml'); install nvidia-ml-py", "reinstall the hxd package"),
+        (f"NVML: {pynvml.NVMLError(pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH)}", "`systemctl restart hxd`"),
+        (str(hung), "`systemctl restart hxd`"),
+    ]:
+        diagnosis = compare.diagnose(reason)
+        assert diagnosis.suspects == () and diagnosis.meaning.startswith("not a sandbox setting: ")
+        assert diagnosis.meaning.endswith(advice)

@@ -2,7 +2,7 @@
 
 The CSV log replaces a cron'd nvidia-smi, so its header, units, rounding and absent-value tokens are nvidia-smi's
 (docs/gpu-telemetry.md, "CSV format" and "Absent values", nvidia_gpu_exporter's byte-verified spelling): existing
-parsers keep working and ``tools/gpu-check`` can compare the two cell by cell. One deliberate difference: the
+parsers keep working and ``hxctl telemetry --compare`` can compare the two cell by cell. One deliberate difference: the
 ``timestamp`` is UTC ISO-8601 (``2026-07-14T08:12:53Z``), since nvidia-smi's zoneless local time is ambiguous.
 """
 

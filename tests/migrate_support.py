@@ -38,6 +38,23 @@ class FakeController:
         self.active = True
 
 
+@dataclass
+class FlagController:
+    """A service whose state outlives the process that asks (as systemd's does): active while ``flag`` exists.
+    Stop and start are one system call each, so a kill cannot leave a half-changed state."""
+
+    flag: Path
+
+    def is_active(self, unit: str) -> bool:
+        return self.flag.exists()
+
+    def stop(self, unit: str) -> None:
+        self.flag.unlink(missing_ok=True)
+
+    def start(self, unit: str) -> None:
+        self.flag.touch()
+
+
 def node_config(root: Path, bulk: Path | None = None, url: str = "http://127.0.0.1:9") -> Config:
     """Config for a node under ``root`` (bulk storage elsewhere when given, e.g. on another filesystem)."""
     paths = PathsConfig(**{**node_paths(root), **({"bulk": bulk} if bulk else {})})

@@ -22,13 +22,11 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def remove_temps(target: Path) -> list[str]:
-    """Remove the temporary files a process killed inside ``replace_file`` left beside ``target``; their names."""
-    removed = []
-    for temp in target.parent.glob(f".{target.name}.*.hxd-tmp"):
+def remove_temps(directory: Path, prefix: str) -> None:
+    """Remove the temporary files that a process killed inside ``replace_file`` left in ``directory`` for targets
+    whose names start with ``prefix``. Only for targets no other thread is replacing at the time."""
+    for temp in directory.glob(f".{prefix}*.hxd-tmp"):
         temp.unlink(missing_ok=True)
-        removed.append(temp.name)
-    return removed
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

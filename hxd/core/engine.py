@@ -26,7 +26,6 @@ from hxd.core.errors import InvalidConfig
 from hxd.core.features import FEATURES, Feature, FeatureState
 from hxd.core.jobs import JobControl, JobSummary
 from hxd.core.migrate import journal as journals
-from hxd.core.migrate.journal import AFTER_STOP
 from hxd.core.migrate.plan import AlreadyAligned
 from hxd.core.migrate.runner import Migration, interrupted
 from hxd.core.modelref import ModelRef
@@ -306,13 +305,13 @@ class Engine:
         return self._migration_job("rollback", prepare)
 
     def recover_migration(self) -> Job | None:
-        """At start: roll back a migration that a crash interrupted after Ollama may have been stopped, so that the
-        node serves again without waiting for an operator (docs/migration.md, "Crashes"). Returns the rollback
-        job, or None when there is nothing to recover."""
+        """At start: roll back a migration that a crash interrupted after Ollama may have been stopped (or in its
+        rollback), so that the node serves again without waiting for an operator (docs/migration.md, "Crashes").
+        Returns the rollback job, or None when there is nothing to recover."""
         journal = journals.load(self.config.paths.state_dir)
-        if journal is None or not journal.interrupted or journal.state not in AFTER_STOP:
+        if journal is None or not journal.needs_recovery:
             return None
-        log.warning("rolling back a migration interrupted after the stop", id=journal.id, state=str(journal.state))
+        log.warning("rolling back an interrupted migration", id=journal.id, state=str(journal.state))
         return self.rollback()
 
     def prune(self) -> Job:

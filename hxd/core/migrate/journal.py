@@ -31,7 +31,8 @@ JOURNAL_NAME = "migration.json"
 
 class Phase(StrEnum):
     """Where a migration is: copying, verified, stopping, stopped, switching, started, then committed (or
-    rolled-back); later pruned. The last three are final; any other means interrupted."""
+    rolling-back, then rolled-back); later pruned. Committed, rolled-back and pruned are final; any other state
+    means interrupted."""
 
     COPYING = "copying"
     VERIFIED = "verified"
@@ -40,6 +41,7 @@ class Phase(StrEnum):
     SWITCHING = "switching"
     STARTED = "started"
     COMMITTED = "committed"
+    ROLLING_BACK = "rolling-back"
     ROLLED_BACK = "rolled-back"
     PRUNED = "pruned"
 
@@ -67,6 +69,7 @@ class Journal:
     service_was_active: bool = False
     env_backup: str = ""
     switched: list[list[str]] = field(default_factory=list)  # [step, how], in the order taken
+    rollback_from: str = ""  # the state a rollback began in (written ahead, so a killed rollback is finished)
     backups: dict[str, str] = field(default_factory=dict)
     finished: str = ""
     message: str = ""
@@ -74,6 +77,17 @@ class Journal:
     @property
     def interrupted(self) -> bool:
         return self.state not in FINAL
+
+    @property
+    def stopped_ollama(self) -> bool:
+        """Ollama may have been stopped by this migration: a rollback stops it for the undo and starts it again."""
+        state = Phase(self.rollback_from) if self.state == Phase.ROLLING_BACK else self.state
+        return self.service_was_active and state in AFTER_STOP
+
+    @property
+    def needs_recovery(self) -> bool:
+        """Interrupted past the stop, or in a rollback: hxd rolls it back at its start (docs/migration.md)."""
+        return self.state == Phase.ROLLING_BACK or (self.interrupted and self.state in AFTER_STOP)
 
     def plan_names(self, blobs: list[str], manifests: list[str], state_dir: Path) -> None:
         """Write ahead the names about to be created (durably, before any of them can exist)."""

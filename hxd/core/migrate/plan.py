@@ -118,7 +118,19 @@ def targets(config: Config, overrides: dict[str, str]) -> Targets:
 
 
 def make_plan(config: Config, t: Targets, *, resuming: bool = False) -> Plan:
-    """Inspect everything and refuse early; ``resuming`` accepts blobs an earlier run left in bulk storage."""
+    """Inspect everything and refuse early; ``resuming`` accepts blobs an earlier run left in bulk storage.
+    The trees belong to another account and can change while they are read: a file that vanishes or turns into
+    something else on the way is a refusal that says so, not a crash."""
+    try:
+        return _make_plan(config, t, resuming)
+    except OSError as exc:
+        raise Refused(
+            f"{exc.filename or t.source}: {exc.strerror} while planning; the store changed while hxd read it: "
+            "run it again once nothing else writes to it"
+        ) from None
+
+
+def _make_plan(config: Config, t: Targets, resuming: bool) -> Plan:
     source = _resolve(t.source, "source")
     for name, path in (("canonical", t.canonical), ("bulk", t.bulk), ("legacy", t.legacy)):
         _resolve(path, name, must_exist=False)

@@ -37,7 +37,7 @@ from hxd.core.errors import Failed, HxdError, Refused
 from hxd.core.jobs import JobControl
 from hxd.core.migrate import journal as journals
 from hxd.core.migrate.copy import Ownership, blob_in_place, copy_manifest, open_staging, place_blob, remove_tree
-from hxd.core.migrate.journal import AFTER_STOP, JOURNAL_NAME, Journal, Phase
+from hxd.core.migrate.journal import Journal, Phase
 from hxd.core.migrate.plan import STAGING, Plan, Targets, make_plan, targets
 from hxd.core.migrate.switch import change, point, undo
 from hxd.core.modelref import parse_ref
@@ -147,9 +147,8 @@ class Migration:
             )
         with Dir.enter(journal.targets.bulk) as bulk:
             remove_tree(bulk, STAGING)
-        remove_temps(journal.targets.env_file.resolve())
         journal.finish(self.state_dir, Phase.COMMITTED, "committed")
-        remove_temps(self.state_dir / JOURNAL_NAME)
+        _remove_temporaries(journal.targets.env_file, self.state_dir)
         message = (
             f"committed: {len(journal.verified)} blobs and {len(journal.manifests)} manifests in "
             f"{journal.targets.bulk}; {journal.unit} was down {downtime:.2f} s"
@@ -170,9 +169,12 @@ class Migration:
 
     def _journal(self, overrides: dict[str, str], resume: bool) -> tuple[Journal, Plan]:
         current = journals.load(self.state_dir)
+        _remove_temporaries((current.targets if current else targets(self.config, overrides)).env_file, self.state_dir)
         if resume:
             if current is None or not current.interrupted:
                 raise Refused("there is no interrupted migration to resume")
+            if current.state == Phase.ROLLING_BACK:
+                raise Refused(f"migration {current.id} was being rolled back: run hxctl rollback to finish that")
             log.info("resuming migration", id=current.id, state=current.state)
             return current, make_plan(self.config, current.targets, resuming=True)
         if current is not None and current.interrupted:
@@ -254,11 +256,11 @@ class Migration:
         _parallel(one, sorted(todo, key=lambda n: -todo[n]), self.workers)
 
     def _put_manifests(self, journal: Journal, owner: Ownership, manifests: list[str], trees: _Trees) -> None:
-        for relative in manifests:
+        for relative in manifests:  # all were planned (journaled) already; a resume copies them all again
             journal.manifests[relative] = copy_manifest(
                 trees.source_manifests, relative, trees.staging, trees.manifests, owner
             )
-            journal.save(self.state_dir)
+        journal.save(self.state_dir)
 
     def _verify(self, journal: Journal) -> None:
         """Every manifest in bulk storage has all its blobs, with the manifest's sizes (their hashes were checked)."""
@@ -349,8 +351,10 @@ class Migration:
     # --- rollback and prune -----------------------------------------------------------------------------------
 
     def rollback_journal(self) -> Journal:
-        """The migration a rollback would undo; Refused when there is none. Call it holding the node's lock."""
+        """The migration a rollback would undo; Refused when there is none. Call it holding the node's lock.
+        Temporary files of a migration killed before its journal existed are removed either way."""
         journal = journals.load(self.state_dir)
+        _remove_temporaries(journal.targets.env_file if journal else self.config.paths.env_file, self.state_dir)
         if journal is None or journal.state in (Phase.ROLLED_BACK, Phase.PRUNED):
             raise Refused(
                 "there is no migration to roll back"
@@ -363,16 +367,18 @@ class Migration:
         """Undo the switch (starting Ollama if it may be down), take back every name the migration created and
         its temporary files; safe to repeat after a crash at any point of a run or of an earlier rollback."""
         self.control.update(phase="rollback", message=f"rolling back migration {journal.id}")
+        if journal.state != Phase.ROLLING_BACK:
+            journal.rollback_from, journal.state = str(journal.state), Phase.ROLLING_BACK
+            journal.save(self.state_dir)
         self._undo(journal)
         self._remove_copies(journal)
-        remove_temps(journal.targets.env_file.resolve())
         journal.finish(self.state_dir, Phase.ROLLED_BACK, why)
-        remove_temps(self.state_dir / JOURNAL_NAME)
+        _remove_temporaries(journal.targets.env_file, self.state_dir)
         undone = [step for step, _ in reversed(journal.switched)]
         return {"message": f"rolled back migration {journal.id}", "id": journal.id, "undone": undone}
 
     def _undo(self, journal: Journal) -> None:
-        may_be_down = journal.state in AFTER_STOP and journal.service_was_active
+        may_be_down = journal.stopped_ollama
         if may_be_down:
             self.controller.stop(journal.unit)  # the layout changes back under a stopped Ollama only
         for step, how in reversed(journal.switched):
@@ -455,6 +461,8 @@ def interrupted(state_dir: Path) -> str:
         return str(exc)
     if journal is None or not journal.interrupted:
         return ""
+    if journal.state == Phase.ROLLING_BACK:
+        return f"the rollback of migration {journal.id} was interrupted: run `hxctl rollback`"
     return f"migration {journal.id} interrupted ({journal.state}): run `hxctl migrate --resume` or `hxctl rollback`"
 
 
@@ -516,6 +524,14 @@ def _enter_or_create(path: Path, owner: Ownership) -> Dir:
     return directory
 
 
+def _remove_temporaries(env_file: Path, state_dir: Path) -> None:
+    """The temporary files of replace_file that a kill left beside the env file, the journal and the env file's
+    backup (migrations run one at a time, under the node's lock: none of these is being written now)."""
+    env = env_file.resolve()
+    remove_temps(env.parent, f"{env.name}.")
+    remove_temps(state_dir, "migration")
+
+
 def _step_path(journal: Journal, step: str) -> tuple[Path, str]:
     """The directory holding a switch step's path, and the path's name there."""
     t = journal.targets
@@ -569,7 +585,12 @@ def _reason(exc: Exception) -> str:
 
 
 def _parallel(work: Callable[[str], None], items: list[str], workers: int) -> None:
-    """Run ``work`` on every item with a few threads; the first exception is raised once all have stopped."""
+    """Run ``work`` on every item with a few threads; the first exception is raised once all have stopped.
+    One worker runs them in the calling thread."""
+    if workers == 1:
+        for item in items:
+            work(item)
+        return
     with ThreadPoolExecutor(workers, thread_name_prefix="hxd-migrate") as pool:
         futures = [pool.submit(work, item) for item in items]
     for future in futures:

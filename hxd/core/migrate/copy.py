@@ -17,6 +17,7 @@ from pathlib import Path
 from hxd.core.atomic import fsync_directory, write_all
 from hxd.core.errors import Failed
 from hxd.core.jobs import JobControl
+from hxd.core.store import read_manifest_file
 
 _CHUNK = 4 << 20
 
@@ -113,7 +114,7 @@ def link_blob(source: Path, blobs: Path, name: str, owner: Ownership) -> None:
 
 def copy_manifest(source: Path, staging: Path, target: Path, owner: Ownership) -> str:
     """Copy a manifest byte for byte with its mtime (its sha256 is the model's ID); returns that sha256."""
-    data = source.read_bytes()
+    data = read_manifest_file(source)
     st = source.stat()
     ensure_dir(target.parent, owner)
     temp = staging / f"manifest-{hashlib.sha256(str(target).encode()).hexdigest()[:16]}.part"

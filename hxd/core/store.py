@@ -157,7 +157,9 @@ def read_manifest_file(path: Path) -> bytes:
     try:
         fd = os.open(path, OPEN_FLAGS)
     except OSError as exc:
-        raise StoreError(f"{path}: cannot read: {exc.strerror}") from None
+        raise StoreError(
+            f"{path}: cannot read: {exc.strerror}; remove it, and re-pull the model if you need it"
+        ) from None
     try:
         return read_manifest_bytes(fd, path)
     finally:
@@ -173,7 +175,9 @@ def read_manifest_bytes(fd: int, path: Path) -> bytes:
             raise StoreError(f"{path}: is {file_kind(info.st_mode)}, not a manifest file; remove it")
         data = read_at_most(fd, MANIFEST_MAX_BYTES)
     except OSError as exc:
-        raise StoreError(f"{path}: cannot read: {exc.strerror}") from None
+        raise StoreError(
+            f"{path}: cannot read: {exc.strerror}; remove it, and re-pull the model if you need it"
+        ) from None
     if len(data) > MANIFEST_MAX_BYTES:
         raise StoreError(
             f"{path}: larger than {MANIFEST_MAX_BYTES} bytes ({os.fstat(fd).st_size} on disk), hxd's limit for a "

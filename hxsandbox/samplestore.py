@@ -179,3 +179,32 @@ def make_node(
     env_file.parent.mkdir(parents=True, exist_ok=True)
     env_file.write_text(sample_env(canonical if migrated else legacy, digests, ollama_host))
     return digests
+
+
+# Manifests that the store's owner could write to attack hxd (issue 14): a million layers (157 MB) and nesting
+# 100,000 deep. Both are well-formed JSON that Ollama's Go decoder would read (the first) or refuse only past its
+# own depth of 10000 (the second).
+HOSTILE_MANIFESTS: Final = ("million-layers", "deep")
+
+
+def write_hostile_manifest(root: Path, name: str, kind: str) -> Path:
+    """Write manifest ``kind`` (one of ``HOSTILE_MANIFESTS``) for model ``name`` under store ``root``, streamed so
+    the test itself stays small; its layers name a blob that exists (the config of an empty model)."""
+    config_data = config_bytes()
+    config = {"mediaType": CONFIG_MEDIA_TYPE, "digest": write_blob(root, config_data), "size": len(config_data)}
+    layer = json.dumps(config, separators=(",", ":")).encode()
+    head = b'{"schemaVersion":2,"mediaType":"' + MANIFEST_MEDIA_TYPE.encode() + b'","config":' + layer
+    path = manifest_path(root, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        out.write(head)
+        if kind == "million-layers":
+            out.write(b',"layers":[' + layer + (b"," + layer) * 999)
+            for _ in range(999):
+                out.write((b"," + layer) * 1000)
+            out.write(b"]}\n")
+        elif kind == "deep":
+            out.write(b',"layers":[],"annotations":' + b"[" * 100_000 + b"]" * 100_000 + b"}\n")
+        else:
+            raise ValueError(f"unknown hostile manifest {kind!r}; one of {HOSTILE_MANIFESTS}")
+    return path

@@ -27,6 +27,7 @@ from hxd.core.jobs import JobControl, JobState
 from hxd.core.migrate import journal as journals
 from hxd.core.migrate.runner import Migration
 from hxsandbox.migrate import run_migration
+from hxsandbox.samplestore import write_hostile_manifest
 from hxsandbox.systemd import OllamaService
 from hxsandbox.world import PrivateBus, wait_until
 
@@ -166,6 +167,26 @@ def test_plan_refusals_reach_the_caller(bus: PrivateBus, start_hxd: StartHxd, no
     refused = call_manager(bus.address, "PlanMigration", "a{sv}", "1", "source", "s", "/nonexistent/store", check=False)
     assert refused.stderr.strip() == "Call failed: the source path /nonexistent/store does not exist"
     assert not os.path.lexists(node.paths.canonical)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"), [("million-layers", "larger than 4194304 bytes"), ("deep", "nests deeper")]
+)
+def test_a_hostile_manifest_is_refused_over_the_bus(
+    bus: PrivateBus, start_hxd: StartHxd, node: Config, kind: str, message: str
+) -> None:
+    """Issue 14: a manifest the store's owner made huge (157 MB, a million layers) or deep (100,000 levels) is
+    Error.Refused naming it, for the plan and the migration alike; never Internal, and nothing is written."""
+    start_on_node(start_hxd, node)
+    path = write_hostile_manifest(node.paths.legacy, "evil:latest", kind)
+    expected = f"Call failed: the source store has a manifest hxd cannot use: {path}: {message}"
+    for member in ("PlanMigration", "Migrate"):
+        refused = call_manager(bus.address, member, "a{sv}", "0", check=False)
+        assert refused.returncode == 1 and refused.stderr.startswith(expected), (member, refused.stderr)
+        assert refused.stderr.count("\n") == 1 and "re-pull the model if you need it" in refused.stderr
+    cli = hxctl("--bus", bus.address, "migrate", "--dry-run")
+    assert cli.returncode == 5 and cli.stderr.endswith("re-pull the model if you need it [Refused]\n"), cli.stderr
+    assert not os.path.lexists(node.paths.canonical / "blobs") and not os.path.lexists(node.paths.bulk / "blobs")
 
 
 def test_plan_refuses_hostile_paths_naming_the_option(

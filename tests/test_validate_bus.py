@@ -15,7 +15,7 @@ from dbus_fast import Message
 from dbus_fast.aio import MessageBus
 
 from hxd.bus import names
-from hxsandbox.samplestore import make_node, make_store
+from hxsandbox.samplestore import make_node, make_store, write_hostile_manifest
 from hxsandbox.world import HxdProcess, OllamaStub, PrivateBus
 
 
@@ -229,3 +229,23 @@ def test_env_json_one_object_per_file(bad_inputs: dict[str, Path], tmp_path: Pat
     plain = hxctl("env", str(good))
     assert plain.stdout == 'OLLAMA_MODELS="/mnt/active_llm_models# comment"\nB=xy\n# ignored by systemd: export X=1\n'
     assert plain.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"), [("million-layers", "larger than 4194304 bytes"), ("deep", "nests deeper than 32 levels")]
+)
+def test_a_hostile_manifest_is_a_finding_online_offline_and_through_busctl(
+    bus: PrivateBus, start_hxd: StartHxd, node: dict[str, Path], kind: str, message: str
+) -> None:
+    """Issue 14: a 157 MB manifest with a million layers, or one nested 100,000 deep, in the store the service uses
+    is HX131 naming the file and hxd's limit, the same online and offline; never Internal."""
+    hxd = start_hxd()
+    write_hostile_manifest(node["bulk"], "llama3.2:3b", kind)
+    path = node["canonical"] / "manifests/registry.ollama.ai/library/llama3.2/3b"  # as OLLAMA_MODELS leads to it
+    online = hxctl("--bus", bus.address, "validate", "--store", "--json")
+    offline = hxctl("--offline", "--config", str(hxd.config), "validate", "--store", "--json")
+    assert online.returncode == 1 and (offline.returncode, offline.stdout) == (1, online.stdout), online.stderr
+    [finding] = [f for f in json.loads(online.stdout)["findings"] if f["code"] == "HX131"]
+    assert finding["message"].startswith(f"{path}: {message}") and "remove the file" in finding["message"], finding
+    raw = manager(bus.address, "Validate", "a{sv}", "1", "store", "b", "true")
+    assert '"HX131" "error" 4 "OLLAMA_MODEL_LLAMA32"' in raw.stdout and message in raw.stdout, raw.stdout

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hxd.core.envfile_parser import READ_LIMIT, EnvFile, parse_envfile
 from hxd.core.errors import Unreadable
+from hxd.core.readlimit import OPEN_FLAGS, file_kind, read_at_most
 
 _OS_REASONS = {
     errno.ENOENT: "does not exist",
@@ -26,14 +27,6 @@ _OS_REASONS = {
     errno.ENOTDIR: "a component of the path is not a directory",
     errno.ENXIO: "is a socket, not a regular file",
 }
-_FILE_KINDS = {
-    stat.S_IFDIR: "a directory",
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-}
-_READ_CHUNK = 1 << 20
 
 
 def os_reason(error: OSError) -> str:
@@ -43,23 +36,18 @@ def os_reason(error: OSError) -> str:
 
 def _check_regular(path: Path, info: os.stat_result) -> None:
     """Refuse what is not a plain file before reading a byte: a FIFO would block, a device could be endless."""
-    kind = stat.S_IFMT(info.st_mode)
-    if kind != stat.S_IFREG:
-        raise Unreadable(f"{path}: is {_FILE_KINDS.get(kind, 'a special file')}, not a regular file")
+    if not stat.S_ISREG(info.st_mode):
+        raise Unreadable(f"{path}: is {file_kind(info.st_mode)}, not a regular file")
     if info.st_size > READ_LIMIT:
         raise Unreadable(f"{path}: is {info.st_size} bytes; systemd refuses environment files over {READ_LIMIT} bytes")
 
 
 def _read_fd(path: Path, fd: int) -> bytes:
     """Read to end of file but never more than ``READ_LIMIT`` + 1 bytes, in case the file grows while we read."""
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := os.read(fd, min(_READ_CHUNK, READ_LIMIT + 1 - total)):
-        chunks.append(chunk)
-        total += len(chunk)
-        if total > READ_LIMIT:
-            raise Unreadable(f"{path}: grew past {READ_LIMIT} bytes while being read; systemd refuses it")
-    return b"".join(chunks)
+    data = read_at_most(fd, READ_LIMIT)
+    if len(data) > READ_LIMIT:
+        raise Unreadable(f"{path}: grew past {READ_LIMIT} bytes while being read; systemd refuses it")
+    return data
 
 
 def open_envfile(path: Path) -> int:
@@ -67,9 +55,8 @@ def open_envfile(path: Path) -> int:
 
     hxctl opens a file this way with the caller's own rights before handing the descriptor to hxd.
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     try:
-        return os.open(path, flags)
+        return os.open(path, OPEN_FLAGS)
     except OSError as error:
         raise Unreadable(f"{path}: cannot open: {os_reason(error)}") from error
 

@@ -132,8 +132,9 @@ class Dir:
             raise
 
     def open_file(self, relative: str) -> int:
-        """A regular file beneath this directory, for reading; Unsafe for anything else."""
-        fd = self.open(relative)
+        """A regular file beneath this directory, for reading; Unsafe for anything else (a FIFO too: opened
+        without blocking, so one cannot hang hxd)."""
+        fd = self.open(relative, os.O_RDONLY | os.O_NONBLOCK)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise Unsafe(f"{self.path / relative} is not a regular file")

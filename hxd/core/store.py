@@ -3,25 +3,45 @@
 Read-only view used by validation and migration. The facts it relies on (docs/ollama.md, "Store layout"):
 a manifest's identity is the sha256 of its bytes (the ``digest`` in ``/api/tags``); each layer names a blob
 ``blobs/sha256-<hex>`` whose content hashes to ``<hex>``; only ``manifests/*/*/*/*`` files count as models.
+
+Manifests belong to the ``ollama`` account, so hxd reads them within limits (docs/ollama.md, "Manifest limits"): at
+most ``MANIFEST_MAX_BYTES`` read, nesting and object counts checked on the bytes before the JSON parser, which
+recurses, ever sees them. Every reader of a manifest goes through ``read_manifest_bytes``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
+from hxd.core.errors import Unreadable
 from hxd.core.modelref import ModelRef
+from hxd.core.readlimit import OPEN_FLAGS, file_kind, read_at_most
 
 # manifest/paths.go: BlobsPath accepts "sha256" then ":" or "-", then 64 hex digits of either case.
 _DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 
+# The largest manifest a registry accepts (distribution's and containers/image's 4 MiB); Ollama itself has no limit.
+MANIFEST_MAX_BYTES: Final = 4 << 20
+# A manifest nests three deep (object, layers list, layer); Go's encoding/json stops at 10000.
+MANIFEST_MAX_DEPTH: Final = 32
+# Objects and lists together: one per layer and three more; bounds what the parser allocates for 4 MiB.
+MANIFEST_MAX_CONTAINERS: Final = 65536
+# A JSON string, escapes included; its brackets are text, not structure.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_AS_PARENS = bytes.maketrans(b"[]{}", b"()()")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 
-class StoreError(Exception):
-    """A manifest or blob that cannot be used; the message names the file."""
+
+class StoreError(Unreadable):
+    """A manifest that cannot be used; the message names the file, and what is wrong with it."""
 
 
 @dataclass(frozen=True)
@@ -107,15 +127,8 @@ class Store:
         return None
 
     def read_manifest(self, path: Path) -> Manifest:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise StoreError(f"{path}: cannot read: {exc.strerror}") from None
-        try:
-            document = json.loads(data)
-            layers = tuple(_layer(item) for item in [document["config"], *document["layers"]])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"{path}: not an Ollama manifest ({exc})") from None
+        data = read_manifest_file(path)
+        layers = parse_layers(data, path)
         host, namespace, model, tag = path.relative_to(self.manifests_dir).parts
         return Manifest(path, f"{host}/{namespace}/{model}:{tag}", hashlib.sha256(data).hexdigest(), layers)
 
@@ -135,13 +148,94 @@ class Store:
         return None
 
 
+def read_manifest_file(path: Path) -> bytes:
+    """The bytes of the manifest at ``path``: opened without blocking, a regular file, within the size limit.
+
+    Like Ollama's ``os.Open``, a symlink at ``path`` is followed; a caller that must not follow one opens the file
+    itself and calls ``read_manifest_bytes``.
+    """
+    try:
+        fd = os.open(path, OPEN_FLAGS)
+    except OSError as exc:
+        raise StoreError(
+            f"{path}: cannot read: {exc.strerror}; remove it, and re-pull the model if you need it"
+        ) from None
+    try:
+        return read_manifest_bytes(fd, path)
+    finally:
+        os.close(fd)
+
+
+def read_manifest_bytes(fd: int, path: Path) -> bytes:
+    """The bytes of the manifest open at ``fd`` (``path`` names it in messages); StoreError if it is not a regular
+    file or is larger than ``MANIFEST_MAX_BYTES``, after reading at most one byte more than that."""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreError(f"{path}: is {file_kind(info.st_mode)}, not a manifest file; remove it")
+        data = read_at_most(fd, MANIFEST_MAX_BYTES)
+    except OSError as exc:
+        raise StoreError(
+            f"{path}: cannot read: {exc.strerror}; remove it, and re-pull the model if you need it"
+        ) from None
+    if len(data) > MANIFEST_MAX_BYTES:
+        raise StoreError(
+            f"{path}: larger than {MANIFEST_MAX_BYTES} bytes ({os.fstat(fd).st_size} on disk), hxd's limit for a "
+            "manifest; remove the file, and re-pull the model if you need it"
+        )
+    return data
+
+
+def parse_layers(data: bytes, path: Path) -> tuple[Layer, ...]:
+    """The config layer, then the layers, of the manifest ``data`` read from ``path``; StoreError if it is not one.
+
+    The shape is checked on the bytes first, so the JSON parser (which recurses) only ever sees at most
+    ``MANIFEST_MAX_DEPTH`` levels and ``MANIFEST_MAX_CONTAINERS`` objects and lists.
+    """
+    _check_shape(data, path)
+    try:
+        # Go reads bytes as UTF-8 with U+FFFD for invalid sequences; never UTF-16/32 as json.loads(bytes) would.
+        document = json.loads(data.decode("utf-8", errors="replace"))
+        return tuple(_layer(item) for item in [document["config"], *document["layers"]])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"{path}: not an Ollama manifest ({exc}); re-pull the model or remove it") from None
+
+
+def _check_shape(data: bytes, path: Path) -> None:
+    """Refuse nesting past ``MANIFEST_MAX_DEPTH`` and more than ``MANIFEST_MAX_CONTAINERS`` objects and lists.
+
+    In UTF-8 no byte of a multi-byte character is a quote or a bracket, so dropping the strings and then all
+    but the brackets leaves the structure. Each pass removes every innermost pair; whatever is left after
+    ``MANIFEST_MAX_DEPTH`` passes is nested deeper (a pair remains) or does not balance: each pass costs one copy of
+    at most ``MANIFEST_MAX_BYTES``, however deep the file claims to go.
+    """
+    brackets = _STRING.sub(b"", data).translate(_AS_PARENS, _NOT_BRACKETS)
+    containers = brackets.count(b"(")
+    for _ in range(MANIFEST_MAX_DEPTH):
+        brackets = brackets.replace(b"()", b"")
+    if b"()" in brackets:
+        raise StoreError(
+            f"{path}: nests deeper than {MANIFEST_MAX_DEPTH} levels, hxd's limit for a manifest (Ollama's nest 3 "
+            "deep); remove the file, and re-pull the model if you need it"
+        )
+    if brackets:
+        raise StoreError(
+            f"{path}: not an Ollama manifest (its brackets do not balance); re-pull the model or remove it"
+        )
+    if containers > MANIFEST_MAX_CONTAINERS:
+        raise StoreError(
+            f"{path}: holds {containers} objects and lists, more than hxd's limit of {MANIFEST_MAX_CONTAINERS} "
+            "for a manifest (one per layer); remove the file, and re-pull the model if you need it"
+        )
+
+
 def _layer(item: object) -> Layer:
     if not isinstance(item, dict):
         raise TypeError("a layer is not an object")
     digest, size = item["digest"], item["size"]
     if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
         raise ValueError(f"bad layer digest {digest!r}")
-    if not isinstance(size, int) or size < 0:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ValueError(f"bad layer size {size!r}")
     return Layer(str(item.get("mediaType", "")), digest, size)
 

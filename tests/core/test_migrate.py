@@ -23,7 +23,7 @@ from migrate_support import (
 
 from hxd.core.config import Config
 from hxd.core.envfile_reader import read_envfile
-from hxd.core.errors import Cancelled, Failed, Refused
+from hxd.core.errors import Cancelled, Failed, HxdError, Refused
 from hxd.core.jobs import JobControl, JobState
 from hxd.core.migrate import journal as journals
 from hxd.core.migrate.copy import Corrupt
@@ -31,7 +31,7 @@ from hxd.core.migrate.plan import make_plan, targets
 from hxd.core.migrate.runner import Migration, interrupted
 from hxd.core.validate import Options, validate
 from hxsandbox.migrate import prune, roll_back, run_migration
-from hxsandbox.samplestore import blob_path, sha256_digest
+from hxsandbox.samplestore import blob_path, manifest_path, sha256_digest, write_hostile_manifest
 from hxsandbox.systemd import OllamaService
 from hxsandbox.world import free_port
 
@@ -206,6 +206,42 @@ def test_refusals(tmp_path: Path, setup: str, message: str) -> None:
     with pytest.raises(Refused, match=message):
         run_migration(Migration(config, FakeController(), JobControl("migrate")), overrides)
     assert not os.path.lexists(p.canonical / "blobs")
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"), [("million-layers", "larger than 4194304 bytes"), ("deep", "nests deeper")]
+)
+def test_a_hostile_manifest_is_refused_by_the_plan(tmp_path: Path, kind: str, message: str) -> None:
+    """Issue 14: a manifest the store's owner wrote to be huge or deep is a refusal naming it, not Internal."""
+    config = node_config(tmp_path)
+    make_legacy_node(config)
+    path = write_hostile_manifest(config.paths.legacy, "evil:latest", kind)
+    expected = rf"^the source store has a manifest hxd cannot use: {path}: {message}.*re-pull the model if you need it$"
+    with pytest.raises(Refused, match=expected):
+        make_plan(config, targets(config, {}))
+    controller = FakeController()
+    with pytest.raises(Refused, match=expected):
+        run_migration(Migration(config, controller, JobControl("migrate")))
+    assert controller.calls == [] and not os.path.lexists(config.paths.canonical / "blobs")
+
+
+@pytest.mark.parametrize("phase", ["manifests", "copy"])
+def test_a_manifest_made_hostile_during_the_migration_is_a_typed_error(tmp_path: Path, tmpfs: Path, phase: str) -> None:
+    """A manifest swapped for a million-layer one after the plan (copied in phase "manifests", or one that appears
+    during the copy and is read by the catch-up) ends the job with a typed error naming it; a copy never reads more
+    than the limit, so no such file reaches bulk storage."""
+    config = node_config(tmp_path, tmpfs / "bulk")
+    make_legacy_node(config)
+    name = "llama3.2:3b" if phase == "manifests" else "evil:latest"
+    path = manifest_path(config.paths.legacy, name)
+
+    def swap(state: JobState, changed: frozenset[str]) -> None:
+        if "phase" in changed and state.phase == phase:
+            write_hostile_manifest(config.paths.legacy, name, "million-layers")
+
+    with pytest.raises(HxdError, match=rf"{path}: larger than 4194304 bytes \(157000264 on disk\)"):
+        run_migration(Migration(config, FakeController(), JobControl("migrate", swap)))
+    assert all(f.stat().st_size < 1 << 20 for f in (tmpfs / "bulk").rglob("*") if f.is_file())
 
 
 def test_too_little_space_is_refused(tmp_path: Path) -> None:

@@ -31,9 +31,9 @@ from hxd.core.errors import Failed
 from hxd.core.jobs import JobControl
 from hxd.core.migrate.plan import STAGING
 from hxd.core.safefs import Dir
+from hxd.core.store import read_manifest_bytes
 
 _CHUNK = 4 << 20
-MANIFEST_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -224,9 +224,7 @@ def copy_manifest(source: Dir, relative: str, staging: Dir, manifests: Dir, owne
     ``relative`` is ``host/namespace/model/tag``; directories on the way are made with Ollama's owner."""
     with _opened(source, relative) as fd:
         st = os.fstat(fd)
-        if st.st_size > MANIFEST_LIMIT:
-            raise Failed(f"{source.path / relative} is {st.st_size} bytes, over the manifest limit ({MANIFEST_LIMIT})")
-        data = os.pread(fd, MANIFEST_LIMIT + 1, 0)
+        data = read_manifest_bytes(fd, source.path / relative)  # within the manifest limits, or StoreError
     *parents, leaf = relative.split("/")
     target = manifests
     opened: list[Dir] = []

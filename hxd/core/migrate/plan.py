@@ -224,7 +224,7 @@ def _manifests(store: Store) -> tuple[list[str], set[str]]:
         try:
             manifest = store.read_manifest(path)
         except StoreError as exc:
-            raise Refused(f"{exc}; fix or remove that manifest first") from None
+            raise Refused(f"the source store has a manifest hxd cannot use: {exc}") from None
         manifests.append(str(path.relative_to(store.manifests_dir)))
         referenced.update(layer.blob_name for layer in manifest.layers)
     missing = sorted(referenced - {p.name for p in store.blobs_dir.iterdir()})

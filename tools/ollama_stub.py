@@ -36,7 +36,8 @@ What the stub does like the real server:
   HTTP/1.1 chunk and sends no bytes before the first chunk. An error before the first chunk gets its real
   status; an error after it is a final ``{"error": ...}`` line under status 200.
 * Scheduling: models are loaded on demand (``load_delay``) and kept for ``keep_alive``. A loaded model admits
-  ``max_parallel`` (``OLLAMA_NUM_PARALLEL``) requests at once; the rest wait. Requests that need a load queue
+  ``max_parallel`` (``OLLAMA_NUM_PARALLEL``) requests at once; the rest wait, first come first served. A request
+  without ``keep_alive`` leaves a loaded model's duration as it was. Requests that need a load queue
   up to ``max_queue`` (``OLLAMA_MAX_QUEUE``); beyond that they get 503
   ``server busy, please try again.  maximum pending requests exceeded``.
 * ``OLLAMA_HOST`` and ``OLLAMA_MODELS`` are parsed as ``envconfig`` does: spaces and quotes are trimmed, the

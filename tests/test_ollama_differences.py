@@ -256,3 +256,23 @@ def test_a_path_in_the_address_stays_in_every_request(tmp_path: Path) -> None:
     assert "| 404 |" in log and '"/ollama/api/version"' in log
     missing = Config.model_validate({"paths": {"env_file": str(tmp_path / "none.env")}})
     assert env_api_url(missing, tmp_path / "none.env") == "http://127.0.0.1:11434"  # Host() with OLLAMA_HOST unset
+
+
+@pytest.mark.parametrize(
+    ("value", "url"),
+    [
+        (None, "http://127.0.0.1:11434"),  # 23, 29, 42: scheme http, host 127.0.0.1, port 11434
+        ("example.com", "http://example.com:11434"),  # 28-29, 45-46: a bare host keeps the default port
+        ("http://example.com", "http://example.com:80"),  # 33-34: http:// without a port is 80
+        ("https://example.com", "https://example.com:443"),  # 35-36: https:// without a port is 443
+        ("ollama.com", "https://ollama.com:443"),  # 30-31
+        ("http://10.0.0.5:8080/ollama", "http://10.0.0.5:8080/ollama"),  # 39, 58: the path is kept
+        ("example.com:99999", "http://example.com:11434"),  # 50-53: an invalid port is the default
+        ("0.0.0.0:8080", "http://127.0.0.1:8080"),  # ConnectableHost, 66-80
+        ("[::]:9", "http://[::1]:9"),
+    ],
+)
+def test_each_rule_of_host(value: str | None, url: str) -> None:
+    """envconfig/config.go: Host (lines 20-60) and ConnectableHost (66-80), one rule per case (the line in the
+    comment)."""
+    assert host_url(value) == url

@@ -18,7 +18,7 @@ from conftest import wait_listening, world_traversable_dir
 from migrate_support import node_config
 
 from hxd.core.config import dump_config
-from hxsandbox.world import free_port
+from hxsandbox.world import OllamaStub, free_port
 
 HXCTL = str(Path(sys.executable).with_name("hxctl"))
 
@@ -161,6 +161,26 @@ def test_a_changed_model_path_and_env_value_are_reported_exactly(nodes: tuple[Pa
     assert set(found) - {"environment.OLLAMA_KEEP_ALIVE", model, "config.paths.canonical"} <= {
         f"layout.{k}" for k in ("canonical", "canonical/blobs", "canonical/manifests", "legacy", "state")
     }
+
+
+def test_different_ollama_versions_are_a_difference(nodes: tuple[Path, dict[str, Path]], tmp_path: Path) -> None:
+    """Each node's hxctl asks its own Ollama for GET /api/version (server/routes.go 1879-1880); nodes that run
+    different versions may read the same store and names differently, so fleet diff reports it."""
+    base, configs = nodes
+    with (
+        OllamaStub(tmp_path, tmp_path / "models", {"version": "0.33.0-rc2"}).start() as newer,
+        OllamaStub(tmp_path, tmp_path / "models", {"version": "0.32.1"}).start() as older,
+    ):
+        for name, stub in (("llm-01", newer), ("llm-02", older)):
+            text = configs[name].read_text()
+            configs[name].write_text(text.replace('url = "http://127.0.0.1:9"', f'url = "{stub.url}"'))
+        result = fleet(base, "diff")
+        status = json.loads(fleet(base, "status").stdout)
+    assert result.returncode == 1, result.stderr
+    found = differences(result)
+    assert found.pop("ollama_version") == {"llm-01": "0.33.0-rc2", "llm-02": "0.32.1"}
+    assert set(found) == {"config.ollama.url"}
+    assert (status["llm-01"]["ollama_version"], status["llm-02"]["ollama_version"]) == ("0.33.0-rc2", "0.32.1")
 
 
 def test_an_unreachable_node_while_the_others_answer(nodes: tuple[Path, dict[str, Path]]) -> None:

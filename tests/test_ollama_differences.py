@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -21,10 +22,12 @@ from hxd.core.envfile_parser import parse_envfile
 from hxd.core.inventory import inventory
 from hxd.core.migrate.plan import targets
 from hxd.core.modelref import BadReference, parse_ref
-from hxd.core.ollama_env import api_url, host_url, ollama_var
+from hxd.core.ollama_api import OllamaUnavailable, keep_alive_value, version
+from hxd.core.ollama_env import api_url, env_api_url, host_url, keep_alive_sec, num_parallel, ollama_var
 from hxd.core.store import Store
 from hxd.core.validate import Options, validate
 from hxsandbox.samplestore import make_node, sample_env
+from hxsandbox.world import OllamaStub
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -204,3 +207,72 @@ def test_ollama_url_against_ollama_host(node: tuple[Config, dict[str, str]]) -> 
     assert (finding.line, finding.key) == (2, "OLLAMA_HOST")
     assert "Ollama listens on 'http://10.0.0.5:8080/ollama'" in finding.message
     assert not [f for f in validate(env, "ollama.env", config).findings if f.code == "HX126"]
+
+
+KEEP_ALIVE = ["", "0", "5m", "1h30m", "1.5s", "300ms", "3600", "+90", "-1", "-5m", " '10s' ", "bogus", "10x", "1e3"]
+
+
+@pytest.mark.parametrize("value", KEEP_ALIVE)
+def test_ollama_keep_alive_as_ollama_reads_it(stub: ModuleType, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """envconfig/config.go: KeepAlive (126-144): a Go duration (time.ParseDuration), else whole seconds
+    (strconv.ParseInt), else 5 minutes; negative is for ever. hxd's reading (seconds) and the stub's (ns) agree."""
+    monkeypatch.setenv("OLLAMA_KEEP_ALIVE", value)
+    theirs = stub.env_keep_alive_ns()
+    assert keep_alive_sec(value) == (math.inf if theirs == stub.FOREVER_NS else theirs / 1e9)
+
+
+@pytest.mark.parametrize("seconds", [300.0, 0.0, 1.5, math.inf])
+def test_keep_alive_on_the_wire(stub: ModuleType, seconds: float) -> None:
+    """api/types.go: Duration.UnmarshalJSON (1243-1269): a JSON number is seconds, a negative one for ever; the
+    stub decodes what hxd sends to the duration hxd meant."""
+    decoded = stub._keep_alive_field(keep_alive_value(seconds))
+    assert decoded == (stub.FOREVER_NS if math.isinf(seconds) else int(seconds * 1e9))
+
+
+@pytest.mark.parametrize("value", ["", "4", " 2 ", "'8'", "0", "-1", "+2", "x", "\u0663"])
+def test_ollama_num_parallel_as_ollama_reads_it(stub: ModuleType, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """envconfig/config.go: NumParallel (275) is Uint("OLLAMA_NUM_PARALLEL", 1) (259-271: strconv.ParseUint, else
+    the default); server/sched.go: load (497) uses at least 1. The stub takes the same value as its default."""
+    monkeypatch.setenv("OLLAMA_NUM_PARALLEL", value)
+    assert num_parallel(value) == stub._env_defaults().max_parallel
+
+
+def test_a_path_in_the_address_stays_in_every_request(tmp_path: Path) -> None:
+    """api/client.go: ClientFromEnvironment (74-76) takes envconfig.Host() with its path, and every request joins
+    its route to it (``c.base.JoinPath(path)``, 116 and 181): ``OLLAMA_HOST=http://h:1/ollama`` is for a proxy
+    that serves Ollama under /ollama. The server itself routes /api/... only, so Ollama (the stub) answers 404
+    there and logs the path hxd asked for."""
+    env = tmp_path / "ollama.env"
+    with OllamaStub(tmp_path, tmp_path / "models").start() as ollama:
+        env.write_text(f'OLLAMA_HOST="{ollama.url}/ollama"\n')
+        config = Config.model_validate({"paths": {"env_file": str(env)}})
+        url = env_api_url(config, env)
+        assert url == f"{ollama.url}/ollama"
+        with pytest.raises(OllamaUnavailable, match="HTTP 404"):
+            version(url)
+        assert version(ollama.url) == "0.33.0-rc2"
+        ollama.stop()
+    log = ollama.stderr.read_text()
+    assert "| 404 |" in log and '"/ollama/api/version"' in log
+    missing = Config.model_validate({"paths": {"env_file": str(tmp_path / "none.env")}})
+    assert env_api_url(missing, tmp_path / "none.env") == "http://127.0.0.1:11434"  # Host() with OLLAMA_HOST unset
+
+
+@pytest.mark.parametrize(
+    ("value", "url"),
+    [
+        (None, "http://127.0.0.1:11434"),  # 23, 29, 42: scheme http, host 127.0.0.1, port 11434
+        ("example.com", "http://example.com:11434"),  # 28-29, 45-46: a bare host keeps the default port
+        ("http://example.com", "http://example.com:80"),  # 33-34: http:// without a port is 80
+        ("https://example.com", "https://example.com:443"),  # 35-36: https:// without a port is 443
+        ("ollama.com", "https://ollama.com:443"),  # 30-31
+        ("http://10.0.0.5:8080/ollama", "http://10.0.0.5:8080/ollama"),  # 39, 58: the path is kept
+        ("example.com:99999", "http://example.com:11434"),  # 50-53: an invalid port is the default
+        ("0.0.0.0:8080", "http://127.0.0.1:8080"),  # ConnectableHost, 66-80
+        ("[::]:9", "http://[::1]:9"),
+    ],
+)
+def test_each_rule_of_host(value: str | None, url: str) -> None:
+    """envconfig/config.go: Host (lines 20-60) and ConnectableHost (66-80), one rule per case (the line in the
+    comment)."""
+    assert host_url(value) == url

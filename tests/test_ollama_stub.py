@@ -528,6 +528,49 @@ def test_load_delay_load_and_unload(launch: Launch, store: tuple[Path, dict[str,
     assert data["load_duration"] >= 200_000_000
 
 
+def test_ollama_keep_alive_zero_and_a_requests_own_keep_alive(
+    launch: Launch, store: tuple[Path, dict[str, str]]
+) -> None:
+    """server/sched.go at fb30760: a model loads for the request's keep_alive, else OLLAMA_KEEP_ALIVE (load, 512-515);
+    a request without one leaves a loaded runner's duration as it was (useLoadedRunner, 483-485); when the last
+    request ends, a duration of 0 unloads the runner at once (processCompleted, 386-392), so the next pays the load."""
+    load = 0.2
+    stub = launch(store[0], {"models": {"llama3.2": {"load_delay": load, "tokens": 1}}}, env={"OLLAMA_KEEP_ALIVE": "0"})
+    assert generate(stub, model="llama3.2")[1]["done_reason"] == "load"
+    assert call_json(stub, "GET", "/api/ps")[1]["models"] == []  # unloaded after the load request
+    assert generate(stub, model="llama3.2", prompt="x")[1]["load_duration"] >= load * 1e9  # so this one loads again
+    assert generate(stub, model="llama3.2", keep_alive=300)[1]["done_reason"] == "load"
+    [loaded] = call_json(stub, "GET", "/api/ps")[1]["models"]
+    status, data = generate(stub, model="llama3.2", prompt="x")  # no keep_alive: the runner keeps its 300 s
+    assert status == 200 and data["load_duration"] < load * 1e9
+    [still] = call_json(stub, "GET", "/api/ps")[1]["models"]
+    assert still["expires_at"] >= loaded["expires_at"]
+    assert generate(stub, model="llama3.2", prompt="x", keep_alive=0)[0] == 200  # the request's own 0 wins
+    assert call_json(stub, "GET", "/api/ps")[1]["models"] == []
+
+
+def test_requests_beyond_num_parallel_wait_in_order(launch: Launch, store: tuple[Path, dict[str, str]]) -> None:
+    """OLLAMA_NUM_PARALLEL (envconfig/config.go 275) slots per runner; the others wait on its semaphore
+    (llm/llama_server.go: Completion, 1536), golang.org/x/sync/semaphore, which serves waiters first come first
+    served."""
+    stub = launch(store[0], {"models": {"llama3.2": {"first_token_delay": 0.08, "tokens": 1}}},
+                  env={"OLLAMA_NUM_PARALLEL": "1"})  # fmt: skip
+    generate(stub, model="llama3.2")  # load it
+    finished: list[int] = []
+
+    def one(index: int) -> None:
+        assert generate(stub, model="llama3.2", prompt="x")[0] == 200
+        finished.append(index)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.02)
+    for thread in threads:
+        thread.join(10)
+    assert finished == [0, 1, 2, 3]
+
+
 def test_chat_and_thinking(launch: Launch, store: tuple[Path, dict[str, str]]) -> None:
     stub = launch(store[0], {"models": {"qwen3:0.6b": {"tokens": 2, "thinking_tokens": 2}}})
     _first, lines = stream(stub, "/api/chat", {"model": "qwen3:0.6b", "messages": [{"role": "user", "content": "hi"}]})

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import statistics
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +31,7 @@ from hxd.core.errors import Cancelled, Failed, InvalidArgs
 from hxd.core.jobs import JobControl, JobState
 from hxd.core.modelref import parse_ref
 from hxd.core.ollama_api import generate
-from hxd.core.smoke import measure_concurrency, perf_dir, run_smoke
+from hxd.core.smoke import OllamaSide, measure_concurrency, perf_dir, run_smoke
 from hxsandbox.samplestore import SAMPLE_MODELS, make_store, sample_env
 from hxsandbox.world import HxdProcess, OllamaStub, PrivateBus, wait_until, write_config
 
@@ -43,8 +44,8 @@ Launch = Callable[..., OllamaStub]
 def launch(tmp_path: Path) -> Iterator[Launch]:
     stubs: list[OllamaStub] = []
 
-    def start(behaviour: dict[str, Any], models: Path | None = None) -> OllamaStub:
-        stub = OllamaStub(tmp_path, models or tmp_path / "models", behaviour).start()
+    def start(behaviour: dict[str, Any], models: Path | None = None, env: dict[str, str] | None = None) -> OllamaStub:
+        stub = OllamaStub(tmp_path, models or tmp_path / "models", behaviour).start(env=env)
         stubs.append(stub)
         return stub
 
@@ -99,7 +100,7 @@ def test_first_token_latency_is_the_injected_delay(launch: Launch, env_file: Pat
     # The pin is checked by hxd, never sent: Ollama answers 400 to a pinned name (see the next test).
     assert run.models[2].model.startswith("mistral-small3.2@sha256:")
     assert run.concurrency is not None and (run.concurrency.requests, run.concurrency.successes) == (4, 4)
-    assert run.ok and run.describe() == "3 models: 3 ok, 0 failed, 0 regressed; concurrency 4/4"
+    assert run.ok and run.describe() == "3 models: 3 ok, 0 failed, 0 regressed; concurrency 4/4 parallel"
     log, jsonl = perf_dir(config) / "nightly-smoke.log", perf_dir(config) / "nightly-smoke.jsonl"
     assert [line.split()[2:4] for line in log.read_text().splitlines()] == [
         ["llama3.2:3b", "ok"],
@@ -183,18 +184,125 @@ def test_concurrency_counts(launch: Launch, env_file: Path, tmp_path: Path) -> N
     config = make_config(tmp_path, env_file, stub.url, concurrency=4)
     assert generate(stub.url, "llama3.2:3b").done_reason == "load"
     control = JobControl("smoke")
-    parallel = measure_concurrency(config, "llama3.2:3b", control)
+    parallel = measure_concurrency(config, OllamaSide.of(config), "llama3.2:3b", control)
     assert (parallel.requests, parallel.successes, parallel.failures, control.state.items_done) == (4, 4, {}, 4)
     assert parallel.p95_sec is not None and parallel.p95_sec < 0.1 + 0.05  # all four at once
     stub.set_behaviour({"max_parallel": 1, "models": {"*": {"first_token_delay": 0.1, "tokens": 2}}})
-    serial = measure_concurrency(config, "llama3.2:3b", JobControl("smoke"))
+    serial = measure_concurrency(config, OllamaSide.of(config), "llama3.2:3b", JobControl("smoke"))
     assert serial.successes == 4 and serial.p50_sec is not None and serial.p95_sec is not None
     assert serial.p50_sec >= 0.15 and serial.p95_sec >= 0.35  # OLLAMA_NUM_PARALLEL=1: one at a time
     # A cold model with room for one waiting load (OLLAMA_MAX_QUEUE=1): two get in, two get 503.
     stub.set_behaviour({"max_queue": 1, "models": {"*": {"load_delay": 0.3, "tokens": 1}}})
-    queued = measure_concurrency(config, "qwen3:1.7b", JobControl("smoke"))
+    queued = measure_concurrency(config, OllamaSide.of(config), "qwen3:1.7b", JobControl("smoke"))
     assert (queued.successes, queued.failures, queued.ok) == (2, {"busy": 2}, False)
     assert queued.reason.startswith("HTTP 503: server busy")
+
+
+def test_keep_alive_zero_does_not_count_the_load_as_first_token_latency(
+    launch: Launch, env_file: Path, tmp_path: Path
+) -> None:
+    """envconfig/config.go: KeepAlive (126-144) reads OLLAMA_KEEP_ALIVE=0 as "unload after each request", which
+    server/sched.go does when the last request ends (processCompleted, 386-392); a request's own keep_alive wins
+    (load, 512-515; useLoadedRunner, 483-485). So the warm-up and the measured request of the model the concurrency
+    check uses again send smoke.keep_alive_sec; the last request to each model sends 0, and Ollama ends the run
+    with nothing loaded, as configured."""
+    load, first = 0.3, 0.05
+    env_file.write_text(env_file.read_text() + "OLLAMA_KEEP_ALIVE=0\n")
+    stub = launch({"models": {"*": {"load_delay": load, "first_token_delay": first, "tokens": 2}}},
+                  env={"OLLAMA_KEEP_ALIVE": "0"})  # fmt: skip
+    # What the smoke test used to do, without keep_alive: the warm-up is unloaded at once and the load is counted.
+    assert generate(stub.url, "llama3.2:3b").done_reason == "load"
+    cold = generate(stub.url, "llama3.2:3b", "x", {"num_predict": 1})
+    assert cold.first_token_sec is not None and cold.first_token_sec >= load
+    config = make_config(tmp_path, env_file, stub.url, concurrency=2)
+    run = run_smoke(config, None, JobControl("smoke"), NIGHT)
+    assert [m.name for m in run.models] == ["llama3.2:3b", "qwen3:1.7b", PINNED]
+    for m in run.models:
+        assert m.ok and m.first_token_sec is not None and first <= m.first_token_sec < load, m
+        assert m.load_sec is not None and m.load_sec < load / 2  # the measured request found the model loaded
+        assert m.keep_alive_why.startswith("OLLAMA_KEEP_ALIVE=0 (0 s) would unload the model before the run's next")
+    # The first model is measured again by the concurrency check, so its measured request held it too.
+    assert [m.keep_alive_sent for m in run.models] == [[300, 300], [300, 0], [300, 0]]
+    assert run.concurrency is not None and run.concurrency.keep_alive_sent == 0
+    assert run.concurrency.p95_sec is not None and run.concurrency.p95_sec < load
+    assert call_ps(stub) == []  # every model unloaded after its last request, as OLLAMA_KEEP_ALIVE=0 says
+    assert "keep_alive=300/0" in (perf_dir(config) / "nightly-smoke.log").read_text()
+
+
+def call_ps(stub: OllamaStub) -> list[str]:
+    """The names /api/ps lists: the models Ollama holds loaded."""
+    with urllib.request.urlopen(f"{stub.url}/api/ps", timeout=5) as response:
+        return [m["name"] for m in json.loads(response.read())["models"]]
+
+
+def test_a_longer_ollama_keep_alive_is_sent_as_it_is(launch: Launch, env_file: Path, tmp_path: Path) -> None:
+    """envconfig KeepAlive (126-144): ``1h`` is a Go duration, a negative value means for ever; either is longer
+    than smoke.keep_alive_sec and goes out unchanged (-1 on the wire: api/types.go, Duration.UnmarshalJSON)."""
+    stub = launch({"models": {"*": {"tokens": 1}}})
+    config = make_config(tmp_path, env_file, stub.url, concurrency=1, models=["llama3.2:3b"])
+    for value, sent in (("1h", 3600), ("-1", -1)):
+        env_file.write_text(env_file.read_text() + f"OLLAMA_KEEP_ALIVE={value}\n")
+        [model] = run_smoke(config, None, JobControl("smoke"), NIGHT).models
+        assert model.keep_alive_sent == [sent, sent], value
+        assert model.keep_alive_why.endswith("sent with every request, as Ollama applies it")
+    assert call_ps(stub) == ["llama3.2:3b"]  # held for ever, as configured
+
+
+@pytest.mark.parametrize(("parallel", "served", "at_once"), [("1", "queued", 1), ("4", "parallel", 4)])
+def test_concurrency_says_parallel_or_queued(
+    launch: Launch, env_file: Path, tmp_path: Path, parallel: str, served: str, at_once: int
+) -> None:
+    """envconfig/config.go: NumParallel (275, Uint 259-271; default 1) as server/sched.go: load uses it (497): a
+    loaded model serves that many requests at once and the rest wait on its semaphore (llm/llama_server.go:
+    Completion, 1536). The stub reads OLLAMA_NUM_PARALLEL from its environment as Ollama does, hxd from the env
+    file; the spread of the first tokens shows what happened."""
+    env_file.write_text(env_file.read_text() + f'OLLAMA_NUM_PARALLEL="{parallel}"\n')
+    stub = launch({"models": {"*": {"first_token_delay": 0.1, "tokens": 3, "token_rate": 50}}},
+                  env={"OLLAMA_NUM_PARALLEL": parallel})  # fmt: skip
+    config = make_config(tmp_path, env_file, stub.url, concurrency=4)
+    assert generate(stub.url, "llama3.2:3b").done_reason == "load"
+    check = measure_concurrency(config, OllamaSide.of(config), "llama3.2:3b", JobControl("smoke"))
+    assert (check.successes, check.served, check.at_once, check.num_parallel) == (4, served, at_once, int(parallel))
+    assert check.ok  # queueing is Ollama's default, not a failure
+    if served == "queued":
+        assert check.spread_sec is not None and check.spread_sec >= 3 * 0.1
+        assert (
+            check.served_why
+            == "OLLAMA_NUM_PARALLEL=1: Ollama served 1 at a time and queued the rest, as it is configured to"
+        )
+    else:
+        assert check.spread_sec is not None and check.spread_sec < 0.05
+        assert (
+            check.served_why == "all 4 first tokens came together: served in parallel, as OLLAMA_NUM_PARALLEL=4 allows"
+        )
+
+
+def test_concurrency_flags_fewer_at_once_than_the_env_allows(launch: Launch, env_file: Path, tmp_path: Path) -> None:
+    """server/sched.go: load (505-510) holds some architectures at 1 whatever OLLAMA_NUM_PARALLEL says, and a
+    drop-in can override the env file: hxd reports what it saw against what the env file allows."""
+    env_file.write_text(env_file.read_text() + "OLLAMA_NUM_PARALLEL=4\n")
+    stub = launch({"max_parallel": 2, "models": {"*": {"first_token_delay": 0.1, "tokens": 3, "token_rate": 50}}})
+    config = make_config(tmp_path, env_file, stub.url, concurrency=4)
+    check = measure_concurrency(config, OllamaSide.of(config), "llama3.2:3b", JobControl("smoke"))
+    assert (check.served, check.at_once) == ("queued", 2)
+    assert check.served_why.startswith("Ollama served 2 at a time although OLLAMA_NUM_PARALLEL=4 allows 4")
+
+
+def test_the_ollama_version_and_address(launch: Launch, env_file: Path, tmp_path: Path) -> None:
+    """server/routes.go (1879-1880): GET /api/version answers {"version": ...}; envconfig Host (20-60): without
+    ollama.url hxd asks where OLLAMA_HOST makes Ollama listen."""
+    stub = launch({"version": "0.32.1", "models": {"*": {"tokens": 1}}})
+    env_file.write_text(env_file.read_text().replace("127.0.0.1:11434", f"127.0.0.1:{stub.port}"))
+    paths = {"env_file": str(env_file), "log_dir": str(tmp_path / "log"), "state_dir": str(tmp_path / "state")}
+    config = Config.model_validate({"paths": paths, "smoke": {"models": ["qwen3:1.7b"], "concurrency": 1}})
+    run = run_smoke(config, None, JobControl("smoke"), NIGHT)
+    assert run.url == f"http://127.0.0.1:{stub.port}" and run.ok
+    assert run.ollama_version == "0.32.1" and run.to_json()["ollama_version"] == "0.32.1"
+    assert all(record["ollama_version"] == "0.32.1" for record in run.records())
+    assert (perf_dir(config) / "nightly-smoke.log").read_text().splitlines()[0].endswith(" ollama=0.32.1")
+    stub.kill()
+    down = run_smoke(config, None, JobControl("smoke"), NIGHT)
+    assert down.ollama_version is None and down.models[0].failure == "unreachable"
 
 
 def test_regression_against_the_last_seven_runs(launch: Launch, env_file: Path, tmp_path: Path) -> None:
@@ -270,7 +378,7 @@ def test_hxctl_offline(launch: Launch, env_file: Path, tmp_path: Path, capsys: p
     assert smoke_cli.run(hxctl_args(offline=True, config=config)) == 1
     out, _err = capsys.readouterr()
     table = out.splitlines()
-    assert table[0].startswith("smoke run ") and " on sandbox (http://127.0.0.1:" in table[0]
+    assert table[0].startswith("smoke run ") and " on sandbox (Ollama 0.33.0-rc2 at http://127.0.0.1:" in table[0]
     assert table[1].split() == ["model", "result", "first", "token", "median7", "load", "total", "tokens/s"]
     assert table[2].split()[:2] == ["llama3.2:3b", "FAILED"] and table[3].split()[:2] == ["qwen3:1.7b", "ok"]
     assert "  llama3.2:3b: not_found: loading failed: HTTP 404: model 'llama3.2:3b' not found" in out
@@ -303,7 +411,7 @@ def test_hxctl_follows_the_job_on_the_bus(
     # [0/4]: the job's first update (ItemsTotal), which may go out before RunSmoke's reply, was not lost.
     assert err.splitlines()[:2] == ["[0/4] warm-up llama3.2:3b", "[1/4] measure llama3.2:3b"]
     # hxd itself ran and recorded the run (its log line is written as the job ends: wait for it).
-    summary = "summary='1 models: 1 ok, 0 failed, 0 regressed; concurrency 2/2'"
+    summary = "summary='1 models: 1 ok, 0 failed, 0 regressed; concurrency 2/2 queued'"
 
     def recorded() -> bool:
         return any("smoke run finished" in line and summary in line for line in hxd.log().splitlines())

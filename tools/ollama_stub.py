@@ -36,7 +36,8 @@ What the stub does like the real server:
   HTTP/1.1 chunk and sends no bytes before the first chunk. An error before the first chunk gets its real
   status; an error after it is a final ``{"error": ...}`` line under status 200.
 * Scheduling: models are loaded on demand (``load_delay``) and kept for ``keep_alive``. A loaded model admits
-  ``max_parallel`` (``OLLAMA_NUM_PARALLEL``) requests at once; the rest wait. Requests that need a load queue
+  ``max_parallel`` (``OLLAMA_NUM_PARALLEL``) requests at once; the rest wait, first come first served. A request
+  without ``keep_alive`` leaves a loaded model's duration as it was. Requests that need a load queue
   up to ``max_queue`` (``OLLAMA_MAX_QUEUE``); beyond that they get 503
   ``server busy, please try again.  maximum pending requests exceeded``.
 * ``OLLAMA_HOST`` and ``OLLAMA_MODELS`` are parsed as ``envconfig`` does: spaces and quotes are trimmed, the
@@ -66,6 +67,7 @@ What the stub does differently from the real server (deliberately):
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import email.utils
@@ -1343,6 +1345,7 @@ class Runner:
     details: dict[str, Any]
     context_length: int
     busy: int = 0
+    waiting: collections.deque[object] = dataclasses.field(default_factory=collections.deque)
     refs: int = 0
     keep_alive_ns: int = 5 * 60 * 1_000_000_000
     expires_mono: float = math.inf
@@ -1358,7 +1361,11 @@ class Scheduler:
     """One condition variable guards everything; loads are serialised like ``processPending``.
 
     * A model that is resident serves at once. Its requests wait only for one of ``max_parallel`` slots
-      (the runner's semaphore), and there is never a 503.
+      (the runner's semaphore, ``llm/llama_server.go: Completion``, line 1536), first come first served as
+      ``golang.org/x/sync/semaphore`` serves its waiters, and there is never a 503.
+    * ``keep_alive``: a request that names none leaves a resident runner's duration as it was
+      (``sched.go: useLoadedRunner``, 483-485) and loads a model for ``OLLAMA_KEEP_ALIVE`` (``load``, 512-515);
+      when the last request ends, a duration of 0 unloads the runner at once (``processCompleted``, 386-392).
     * A model that must be loaded waits for the loader. At most ``max_queue`` requests may wait; the next one
       gets 503 (``pendingReqCh`` is full).
     """
@@ -1385,7 +1392,8 @@ class Scheduler:
         info: ModelInfo,
         behaviour: ModelBehaviour,
         max_queue: int,
-        keep_alive_ns: int,
+        keep_alive_ns: int | None,
+        default_keep_alive_ns: int,
         sleep: Callable[[float], None],
     ) -> Runner:
         key = info.model_path or info.manifest.digest
@@ -1394,7 +1402,7 @@ class Scheduler:
             runner = self._runners.get(key)
             if runner is not None:
                 runner.refs += 1
-                runner.touch(keep_alive_ns)
+                runner.touch(runner.keep_alive_ns if keep_alive_ns is None else keep_alive_ns)
                 return runner
             if self._waiting >= max_queue:
                 raise ApiError(503, ERR_MAX_QUEUE)
@@ -1407,7 +1415,7 @@ class Scheduler:
             runner = self._runners.get(key)
             if runner is not None:
                 runner.refs += 1
-                runner.touch(keep_alive_ns)
+                runner.touch(runner.keep_alive_ns if keep_alive_ns is None else keep_alive_ns)
                 return runner
             self._loading = True
         try:
@@ -1426,15 +1434,25 @@ class Scheduler:
                 context_length=behaviour.context_length,
             )
             runner.refs = 1
-            runner.touch(keep_alive_ns)
+            runner.touch(default_keep_alive_ns if keep_alive_ns is None else keep_alive_ns)
             self._runners[key] = runner
             return runner
 
     def acquire_slot(self, runner: Runner, max_parallel: Callable[[], int]) -> None:
+        """One of the runner's ``max_parallel`` slots, in the order the requests asked for one."""
+        ticket = object()
         with self._cond:
-            while runner.busy >= max_parallel():
-                self._wait()
+            runner.waiting.append(ticket)
+            try:
+                while runner.waiting[0] is not ticket or runner.busy >= max_parallel():
+                    self._wait()
+            except BaseException:
+                runner.waiting.remove(ticket)
+                self._cond.notify_all()
+                raise
+            runner.waiting.popleft()
             runner.busy += 1
+            self._cond.notify_all()  # the next in line may fit too
 
     def release_slot(self, runner: Runner) -> None:
         with self._cond:
@@ -2077,15 +2095,17 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(404, f"model '{raw_model}' not found")
         if behaviour.fail == "busy":
             raise ApiError(503, ERR_MAX_QUEUE)
-        keep = self.stub.keep_alive_default_ns if keep_alive_ns is None else keep_alive_ns
         scheduler = self.stub.scheduler
-        runner = scheduler.acquire_runner(info, behaviour, behaviour_file.max_queue, keep, self._sleep)
+        default_keep = self.stub.keep_alive_default_ns
+        runner = scheduler.acquire_runner(
+            info, behaviour, behaviour_file.max_queue, keep_alive_ns, default_keep, self._sleep
+        )
         streamed = False
         try:
             if empty:
                 final = self._done_object(kind, raw_model, "load")
             else:
-                final, streamed = self._generate(kind, req, info, behaviour, thinking, keep, t_start, runner)
+                final, streamed = self._generate(kind, req, info, behaviour, thinking, t_start, runner)
         finally:
             scheduler.release_runner(runner)
         # The runner is released before the last bytes go out, so a client that reacts to "done" (for example
@@ -2103,7 +2123,6 @@ class Handler(BaseHTTPRequestHandler):
         info: ModelInfo,
         behaviour: ModelBehaviour,
         thinking: bool,
-        keep: int,
         t_start: int,
         runner: Runner,
     ) -> tuple[dict[str, Any], bool]:

@@ -195,6 +195,7 @@ def _row(answer: dict[str, Any]) -> dict[str, Any]:
         "hxd": status.get("state", "not running"),
         "layout": answer.get("layout", {}).get("state", "?"),
         "ollama": answer.get("ollama_unit", "?"),
+        "ollama_version": answer.get("ollama_version") or "?",
         "models": len(answer.get("models", {})),
         "smoke_first_token_max_sec": slowest,
         "telemetry": features.get("telemetry", "?"),
@@ -209,6 +210,7 @@ def _print_table(rows: dict[str, dict[str, Any]]) -> None:
         "hxd",
         "layout",
         "ollama",
+        "ollama_version",
         "models",
         "smoke_first_token_max_sec",
         "telemetry",
@@ -221,6 +223,7 @@ def _print_table(rows: dict[str, dict[str, Any]]) -> None:
         "state",
         "layout",
         "ollama",
+        "ollama version",
         "models",
         "slowest first token",
         "telemetry",
@@ -246,7 +249,8 @@ def _print_table(rows: dict[str, dict[str, Any]]) -> None:
 
 def diff(answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """What differs between the nodes that answered: paths and the rest of the config, layout, the environment
-    systemd gives Ollama, models by digest, pins, hxd version. Unreachable nodes are listed apart."""
+    systemd gives Ollama, models by digest, pins, hxd's version and Ollama's (None where it did not answer).
+    Unreachable nodes are listed apart."""
     reached = {host: a for host, a in answers.items() if "error" not in a}
     unreachable = {host: a["error"] for host, a in answers.items() if "error" in a}
     flat = {host: _flatten(a) for host, a in reached.items()}
@@ -265,7 +269,7 @@ def diff(answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _flatten(answer: dict[str, Any]) -> dict[str, Any]:
-    facts: dict[str, Any] = {"version": answer.get("version")}
+    facts: dict[str, Any] = {"version": answer.get("version"), "ollama_version": answer.get("ollama_version")}
     for section in ("config", "environment", "models", "pins", "layout"):
         facts.update(_dotted(section, answer.get(section, {})))
     return facts

@@ -68,7 +68,8 @@ def _online(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print(report: dict[str, Any]) -> None:
-    print(f"smoke run {report['time']} on {report['node']} ({report['url']}), {report['duration_sec']:.1f} s")
+    ollama = f"Ollama {report['ollama_version']} at {report['url']}" if report["ollama_version"] else report["url"]
+    print(f"smoke run {report['time']} on {report['node']} ({ollama}), {report['duration_sec']:.1f} s")
     rows = [("model", "result", "first token", "median7", "load", "total", "tokens/s")]
     failures = []
     for m in report["models"]:
@@ -85,6 +86,9 @@ def _print(report: dict[str, Any]) -> None:
         print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     for line in failures:
         print(line)
+    whys = {m["keep_alive_why"] for m in report["models"] if m["keep_alive_why"]}
+    for why in sorted(whys):
+        print(f"  keep_alive: {why}")
     c = report["concurrency"]
     if c is None:
         print("  concurrency: skipped, no model passed")
@@ -93,6 +97,8 @@ def _print(report: dict[str, Any]) -> None:
             f"  concurrency: {c['requests']} x {c['name']}: {c['successes']}/{c['requests']} ok, first token "
             f"p50 {_sec(c['p50_sec'])}, p95 {_sec(c['p95_sec'])}" + (f"; {c['reason']}" if c["reason"] else "")
         )
+        if c["served"]:
+            print(f"  served: {c['served']}: {c['served_why']}")
 
 
 def _sec(value: float | None) -> str:

@@ -131,6 +131,8 @@ class SmokeConfig(_Section):
     num_predict: StrictInt = Field(default=32, ge=1, le=4096)
     concurrency: StrictInt = Field(default=4, ge=1, le=64)
     timeout_sec: StrictInt = Field(default=300, ge=1, le=3600)
+    # The least keep_alive sent with a request after which the smoke test uses the model again (smoke.py, "keep_alive").
+    keep_alive_sec: StrictInt = Field(default=300, ge=1, le=86400)
     regression_margin: float = Field(default=0.5, ge=0.0, le=100.0, strict=True)
     rotate_size_mb: StrictInt = Field(default=16, ge=1, le=65536)
     keep: StrictInt = Field(default=8, ge=1, le=1000)

@@ -2,7 +2,9 @@
 
 ``hxctl inventory`` prints it on each node; ``hxctl fleet`` gathers it over SSH. Everything here is read from the
 node's own files, as systemd and Ollama would see them: the effective config, the environment systemd passes to
-Ollama (hxd.core.envfile_reader), the store's layout and its models by manifest digest, the digest pins.
+Ollama (hxd.core.envfile_reader), the store's layout and its models by manifest digest, the digest pins; and the
+version the running Ollama reports (``GET /api/version``), since nodes that run different Ollama versions can read
+the same store and names differently.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from hxd.core.config import Config
 from hxd.core.envfile_reader import read_envfile
 from hxd.core.errors import HxdError, Unreadable
 from hxd.core.modelref import BadReference, parse_ref
-from hxd.core.ollama_env import ollama_var
+from hxd.core.ollama_api import OllamaUnavailable, version
+from hxd.core.ollama_env import api_url, ollama_var
 from hxd.core.store import Store, StoreError
 from hxd.core.systemctl import SystemctlController
 from hxd.core.validate import MODEL_VARIABLE, MODELS_DIR
+
+_VERSION_TIMEOUT_SEC = 3.0  # fleet views wait for every node (hxctl fleet --timeout, 20 s by default)
 
 
 def inventory(config: Config) -> dict[str, Any]:
@@ -36,6 +41,12 @@ def inventory(config: Config) -> dict[str, Any]:
     except HxdError as exc:
         ollama_unit = "unknown"
         errors.append(str(exc))
+    try:
+        ollama_version: str | None = version(api_url(config, environment), _VERSION_TIMEOUT_SEC)
+    except OllamaUnavailable as exc:
+        ollama_version = None
+        if ollama_unit == "active":  # a stopped Ollama has no version to report; a running one that does not answer
+            errors.append(str(exc))
     return {
         "node": config.node_name,
         "version": __version__,
@@ -45,6 +56,7 @@ def inventory(config: Config) -> dict[str, Any]:
         "models": _models(Store(store_root), errors),
         "pins": _pins(environment),
         "ollama_unit": ollama_unit,
+        "ollama_version": ollama_version,
         "errors": errors,
     }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,23 @@ def list_models(base_url: str, timeout: float = DEFAULT_TIMEOUT_SEC) -> dict[str
         raise OllamaUnavailable(f"{base_url}/api/tags: unexpected answer ({exc})") from None
 
 
+def version(base_url: str, timeout: float = DEFAULT_TIMEOUT_SEC) -> str:
+    """``GET /api/version``: the server's version string (``{"version": "0.33.0-rc2"}``, server/routes.go line 1880)."""
+    document = get_json(base_url, "/api/version", timeout)
+    found = document.get("version") if isinstance(document, dict) else None
+    if not isinstance(found, str) or not found:
+        raise OllamaUnavailable(f"{base_url}/api/version: unexpected answer (no version string)")
+    return found
+
+
+def keep_alive_value(seconds: float) -> int | float:
+    """``keep_alive`` on the wire: a number of seconds (``api.Duration.UnmarshalJSON``, api/types.go 1243-1269: a
+    number is seconds, a negative one forever); -1 for ``math.inf``. A number, not a string: ``"3600"`` is a 400."""
+    if math.isinf(seconds):
+        return -1
+    return int(seconds) if seconds == int(seconds) else seconds
+
+
 @dataclass(frozen=True)
 class Generation:
     """One ``POST /api/generate``: when its first token came and what the final chunk said, or why it failed.
@@ -128,17 +146,24 @@ def generate(
     prompt: str = "",
     options: dict[str, Any] | None = None,
     timeout: float = DEFAULT_TIMEOUT_SEC,
+    keep_alive: float | None = None,
 ) -> Generation:
     """Stream ``POST /api/generate`` for ``model`` (the name exactly as sent: never a pinned one) and time it.
 
     Without ``prompt`` this is Ollama's load request: the model is loaded and a single ``done_reason: "load"``
-    object comes back. ``timeout`` bounds the whole exchange. Every failure is returned, never raised.
+    object comes back. ``keep_alive`` (seconds, ``math.inf`` for ever; None leaves it to OLLAMA_KEEP_ALIVE) is how
+    long Ollama keeps the model loaded after this request; a load request with 0 would unload it instead, so it is
+    refused here. ``timeout`` bounds the whole exchange. Every failure is returned, never raised.
     """
     body: dict[str, Any] = {"model": model}
     if prompt:
         body["prompt"] = prompt
     if options:
         body["options"] = options
+    if keep_alive is not None:
+        if not prompt and keep_alive == 0:
+            raise ValueError("a load request with keep_alive 0 is Ollama's unload request")
+        body["keep_alive"] = keep_alive_value(keep_alive)
     exchange = _Exchange(base_url, model, timeout)
     connection = _connection(base_url, timeout)
     try:

@@ -5,8 +5,14 @@ mistral-small3.2 5.44 s; docs/node-layout.md) and ran "4 concurrent requests" on
 keeps the numbers. For each model: Ollama's load request first, so the number measures the model and not the disk,
 then a short fixed prompt with ``num_predict`` and temperature 0 (the same tokens every night, so tokens/s compare),
 timed to the first chunk with text (docs/ollama.md, "POST /api/generate"). Then ``concurrency`` requests at once to
-the first model that passed. A failed request is a result with a reason; only cancellation ends a run early, and
-then nothing is written.
+the first model that passed, with a verdict: served in parallel, or queued inside Ollama (OLLAMA_NUM_PARALLEL).
+A failed request is a result with a reason; only cancellation ends a run early, and then nothing is written.
+
+keep_alive: every request says how long Ollama keeps the model loaded after it. With the env file's
+``OLLAMA_KEEP_ALIVE=0`` Ollama would unload the model after the warm-up and count its load time as first-token
+latency, so a request after which the run uses the model again sends at least ``smoke.keep_alive_sec``; the last
+request to each model sends ``OLLAMA_KEEP_ALIVE`` as Ollama reads it, so the node ends the run as configured. Each
+result records what was sent and why (docs/ollama.md, "Where hxd follows Ollama's code").
 
 Results go to ``<log_dir>/perf/nightly-smoke.log`` (a line per model per run, for people) and ``nightly-smoke.jsonl``
 (an object per model per run, for machines and for the regression check: first-token latency above the median of
@@ -31,11 +37,12 @@ from typing import Any
 
 from hxd.core.config import Config
 from hxd.core.envfile_reader import read_envfile
-from hxd.core.errors import Failed
+from hxd.core.errors import Failed, Unreadable
 from hxd.core.jobs import JobControl
 from hxd.core.logfile import append_lines
 from hxd.core.modelref import BadReference, ModelRef, parse_ref
-from hxd.core.ollama_api import Generation, generate
+from hxd.core.ollama_api import Generation, OllamaUnavailable, generate, keep_alive_value, version
+from hxd.core.ollama_env import api_url, keep_alive_sec, num_parallel
 from hxd.core.schedule import iso
 from hxd.core.validate import MODEL_VARIABLE
 
@@ -62,6 +69,8 @@ class ModelResult:
     warmup_sec: float | None = None
     baseline_sec: float | None = None
     regression: bool = False
+    keep_alive_sent: list[int | float] = field(default_factory=list)  # per request, as sent (seconds; -1: forever)
+    keep_alive_why: str = ""
 
     @property
     def ok(self) -> bool:
@@ -84,9 +93,16 @@ class ConcurrencyResult:
     wall_sec: float
     failures: dict[str, int] = field(default_factory=dict)
     reason: str = ""
+    served: str = ""  # "parallel", "queued", or "" with fewer than two successes
+    at_once: int = 0  # successes whose first token came with the fastest one's (see served_at_once)
+    num_parallel: int = 1  # OLLAMA_NUM_PARALLEL as Ollama reads it
+    spread_sec: float | None = None  # last first token minus the first
+    served_why: str = ""
+    keep_alive_sent: int | float | None = None
 
     @property
     def ok(self) -> bool:
+        """Every request succeeded; queueing is reported, not failed (it is Ollama's default)."""
         return self.successes == self.requests
 
     def to_json(self) -> dict[str, Any]:
@@ -100,6 +116,7 @@ class SmokeRun:
     time: datetime
     node: str
     url: str
+    ollama_version: str | None  # GET /api/version; None when it did not answer
     duration_sec: float
     models: list[ModelResult]
     concurrency: ConcurrencyResult | None  # None when no model passed, so there was nothing to load in parallel
@@ -118,7 +135,11 @@ class SmokeRun:
         c = self.concurrency
         return (
             f"{len(self.models)} models: {len(self.models) - failed} ok, {failed} failed, {regressions} regressed; "
-            + (f"concurrency {c.successes}/{c.requests}" if c else "concurrency skipped")
+            + (
+                f"concurrency {c.successes}/{c.requests}" + (f" {c.served}" if c.served else "")
+                if c
+                else "concurrency skipped"
+            )
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -126,6 +147,7 @@ class SmokeRun:
             "time": iso(self.time),
             "node": self.node,
             "url": self.url,
+            "ollama_version": self.ollama_version,
             "duration_sec": self.duration_sec,
             "ok": self.ok,
             "models": [m.to_json() for m in self.models],
@@ -134,7 +156,7 @@ class SmokeRun:
 
     def records(self) -> list[dict[str, Any]]:
         """The JSON lines: one object per model (``check: model``) and one for the concurrency check."""
-        stamp = {"time": iso(self.time), "node": self.node}
+        stamp = {"time": iso(self.time), "node": self.node, "ollama_version": self.ollama_version}
         records = [{**stamp, "check": "model", **m.to_json()} for m in self.models]
         if self.concurrency is not None:
             records.append({**stamp, "check": "concurrency", **self.concurrency.to_json()})
@@ -143,14 +165,16 @@ class SmokeRun:
     def log_lines(self) -> list[str]:
         """The readable lines: one per model, then the concurrency check."""
         stamp = f"{iso(self.time)} {self.node}"
-        lines = [f"{stamp} {_model_line(m)}" for m in self.models]
+        ollama = f" ollama={self.ollama_version}" if self.ollama_version else ""
+        lines = [f"{stamp} {_model_line(m)}{ollama}" for m in self.models]
         c = self.concurrency
         if c is None:
             lines.append(f"{stamp} concurrency skipped: no model passed")
         else:
             pairs = _pairs(first_token_p50=c.p50_sec, first_token_p95=c.p95_sec, wall=c.wall_sec)
             verdict = "ok" if c.ok else "FAILED"
-            outcome = f"{c.successes}/{c.requests} {verdict} {pairs}" + (
+            served = f" {c.served} ({c.at_once} at once, OLLAMA_NUM_PARALLEL={c.num_parallel})" if c.served else ""
+            outcome = f"{c.successes}/{c.requests} {verdict}{served} {pairs}" + (
                 f"; first failure: {c.reason}" if c.reason else ""
             )
             lines.append(f"{stamp} concurrency {c.requests}x {c.name} {outcome}")
@@ -165,13 +189,17 @@ def _model_line(m: ModelResult) -> str:
     label = m.name or m.model
     if not m.ok:
         return f"{label} FAILED {m.failure}: {m.reason}"
-    return f"{label} {'REGRESSION' if m.regression else 'ok'} " + _pairs(
-        first_token=m.first_token_sec,
-        median7=m.baseline_sec,
-        load=m.load_sec,
-        total=m.total_sec,
-        warmup=m.warmup_sec,
-        tokens_per_sec=m.tokens_per_sec,
+    return (
+        f"{label} {'REGRESSION' if m.regression else 'ok'} "
+        + _pairs(
+            first_token=m.first_token_sec,
+            median7=m.baseline_sec,
+            load=m.load_sec,
+            total=m.total_sec,
+            warmup=m.warmup_sec,
+            tokens_per_sec=m.tokens_per_sec,
+        )
+        + (f" keep_alive={'/'.join(map(str, m.keep_alive_sent))}" if m.keep_alive_sent else "")
     )
 
 
@@ -202,6 +230,52 @@ def configured_models(config: Config) -> list[str]:
     return found
 
 
+@dataclass(frozen=True)
+class OllamaSide:
+    """The node's Ollama as the env file makes it behave (each value as Ollama reads it): where it listens, how long
+    it keeps a model loaded (OLLAMA_KEEP_ALIVE, seconds, ``math.inf`` for ever) and how many requests one loaded
+    model serves at once (OLLAMA_NUM_PARALLEL). ``hold_sec`` is the keep_alive of a request after which the run uses
+    the model again: OLLAMA_KEEP_ALIVE, or ``smoke.keep_alive_sec`` where that is longer."""
+
+    url: str
+    keep_alive_sec: float
+    keep_alive_text: str  # what the env file says, for the notes ("" when unset)
+    num_parallel: int
+    hold_sec: float
+
+    @classmethod
+    def of(cls, config: Config) -> OllamaSide:
+        try:
+            environment = read_envfile(config.paths.env_file).environment
+        except Unreadable:
+            environment = {}  # Ollama's defaults; configured_models and validation say what is wrong with the file
+        keep = keep_alive_sec(environment.get("OLLAMA_KEEP_ALIVE"))
+        return cls(
+            url=api_url(config, environment),
+            keep_alive_sec=keep,
+            keep_alive_text=environment.get("OLLAMA_KEEP_ALIVE", ""),
+            num_parallel=num_parallel(environment.get("OLLAMA_NUM_PARALLEL")),
+            hold_sec=max(keep, float(config.smoke.keep_alive_sec)),
+        )
+
+    @property
+    def why(self) -> str:
+        """Why the requests sent the keep_alive they sent, for the results."""
+        setting = f"OLLAMA_KEEP_ALIVE={self.keep_alive_text}" if self.keep_alive_text else "OLLAMA_KEEP_ALIVE unset"
+        configured = _seconds_text(self.keep_alive_sec)
+        if self.hold_sec == self.keep_alive_sec:
+            return f"{setting} ({configured}) sent with every request, as Ollama applies it"
+        return (
+            f"{setting} ({configured}) would unload the model before the run's next request to it, which would then "
+            f"count the load time as first-token latency; it was held {_seconds_text(self.hold_sec)} "
+            f"(smoke.keep_alive_sec) until its last request, which sent {configured} so Ollama ends as configured"
+        )
+
+
+def _seconds_text(seconds: float) -> str:
+    return "for ever" if math.isinf(seconds) else f"{seconds:g} s"
+
+
 def run_smoke(config: Config, models: list[ModelRef] | None, control: JobControl, now: datetime) -> SmokeRun:
     """Test ``models`` (default: ``configured_models``), check concurrency, flag regressions, append to the logs.
 
@@ -213,20 +287,30 @@ def run_smoke(config: Config, models: list[ModelRef] | None, control: JobControl
     smoke = config.smoke
     started = time.monotonic()
     targets = _targets(models or [_parse(text) for text in configured_models(config)])
+    side = OllamaSide.of(config)
     control.update(items_done=0, items_total=2 * len(targets) + smoke.concurrency)
-    results = [_test_model(config, target, control) for target in targets]
+    try:
+        ollama_version: str | None = version(side.url, min(smoke.timeout_sec, 10))
+    except OllamaUnavailable:
+        ollama_version = None  # the requests below say why, one by one
+    results: list[ModelResult] = []
+    for target in targets:
+        # The first model to pass is the one the concurrency check loads again: hold it until then.
+        results.append(_test_model(config, side, target, control, last=any(r.ok for r in results)))
     control.check()
     passed = next((r.name for r in results if r.ok), None)
     concurrency = None
     if passed is not None:
         control.update(phase=f"concurrency {smoke.concurrency}x {passed}")
-        concurrency = measure_concurrency(config, passed, control)
-        control.update(message=f"concurrency: {concurrency.successes}/{concurrency.requests} ok")
+        concurrency = measure_concurrency(config, side, passed, control)
+        served = f" ({concurrency.served})" if concurrency.served else ""
+        control.update(message=f"concurrency: {concurrency.successes}/{concurrency.requests} ok{served}")
     control.update(phase="write results", items_done=control.state.items_total)
     jsonl = perf_dir(config) / JSONL_NAME
     baselines = _baselines(jsonl, smoke.keep, {r.name for r in results if r.ok})
     results = [_judge(r, baselines.get(r.name, []), smoke.regression_margin) for r in results]
-    run = SmokeRun(now, config.node_name, config.ollama.url, round(time.monotonic() - started, 3), results, concurrency)
+    duration = round(time.monotonic() - started, 3)
+    run = SmokeRun(now, config.node_name, side.url, ollama_version, duration, results, concurrency)
     rotate_size = smoke.rotate_size_mb * 1024 * 1024
     append_lines(perf_dir(config) / LOG_NAME, run.log_lines(), rotate_size, smoke.keep)
     append_lines(jsonl, [json.dumps(r, ensure_ascii=False) for r in run.records()], rotate_size, smoke.keep)
@@ -258,27 +342,36 @@ def _options(config: Config) -> dict[str, Any]:
     return {"num_predict": config.smoke.num_predict, "temperature": 0}
 
 
-def _test_model(config: Config, target: ModelRef | tuple[str, str], control: JobControl) -> ModelResult:
-    """Load the model (warm-up), then time the prompt; a failed load skips the prompt."""
+def _test_model(
+    config: Config, side: OllamaSide, target: ModelRef | tuple[str, str], control: JobControl, last: bool
+) -> ModelResult:
+    """Load the model (warm-up), then time the prompt; a failed load skips the prompt. ``last``: the measured
+    request is the run's last to this model (else the concurrency check follows), so it sends OLLAMA_KEEP_ALIVE."""
     if isinstance(target, tuple):
         text, reason = target
         control.advance(items_done=2)
         control.update(message=f"{text}: not a model name")
         return ModelResult(text, "", "invalid_name", f"{reason}; nothing was sent to Ollama")
     control.check()
-    url, timeout, name = config.ollama.url, config.smoke.timeout_sec, target.api_name
+    url, timeout, name = side.url, config.smoke.timeout_sec, target.api_name
     control.update(phase=f"warm-up {name}")
-    warmup = generate(url, name, timeout=timeout)
+    warmup = generate(url, name, timeout=timeout, keep_alive=side.hold_sec)
+    sent = [keep_alive_value(side.hold_sec)]
     control.advance(items_done=1)
     if not warmup.ok:
         control.advance(items_done=1)
         control.update(message=f"{name}: loading failed: {warmup.failure}")
-        return ModelResult(target.text, name, warmup.failure, f"loading failed: {warmup.reason}")
+        reason = f"loading failed: {warmup.reason}"
+        return ModelResult(target.text, name, warmup.failure, reason, keep_alive_sent=sent, keep_alive_why=side.why)
     control.check()
     control.update(phase=f"measure {name}")
-    measured = generate(url, name, config.smoke.prompt, _options(config), timeout)
+    keep = side.keep_alive_sec if last else side.hold_sec
+    measured = generate(url, name, config.smoke.prompt, _options(config), timeout, keep_alive=keep)
+    sent.append(keep_alive_value(keep))
     control.advance(items_done=1)
-    result = _model_result(target.text, measured, warmup.wall_sec)
+    result = replace(
+        _model_result(target.text, measured, warmup.wall_sec), keep_alive_sent=sent, keep_alive_why=side.why
+    )
     if result.ok:
         control.update(message=f"{name}: first token {result.first_token_sec:.3f} s")
     else:
@@ -307,19 +400,23 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def measure_concurrency(config: Config, name: str, control: JobControl) -> ConcurrencyResult:
+def measure_concurrency(config: Config, side: OllamaSide, name: str, control: JobControl) -> ConcurrencyResult:
     """``smoke.concurrency`` requests for the prompt to ``name`` at once, each in its own thread timing its own first
-    token; the items of ``control`` count them as they finish."""
+    token; the items of ``control`` count them as they finish. They are the run's last to the model, so they send
+    OLLAMA_KEEP_ALIVE; whether Ollama served them in parallel or queued them is judged by ``served_at_once``."""
     count = config.smoke.concurrency
     started = time.perf_counter()
     outcomes: list[Generation] = []
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="hxd-smoke") as pool:
-        args = (config.ollama.url, name, config.smoke.prompt, _options(config), config.smoke.timeout_sec)
+        args = (side.url, name, config.smoke.prompt, _options(config), config.smoke.timeout_sec, side.keep_alive_sec)
         for future in as_completed([pool.submit(generate, *args) for _ in range(count)]):
             outcomes.append(future.result())
             control.advance(items_done=1)
-    firsts = sorted(g.first_token_sec for g in outcomes if g.ok and g.first_token_sec is not None)
+    timed = [g for g in outcomes if g.ok and g.first_token_sec is not None]
+    firsts = sorted(g.first_token_sec for g in timed if g.first_token_sec is not None)
     failed = [g for g in outcomes if not g.ok]
+    at_once = served_at_once(timed)
+    served = "" if len(timed) < 2 else "parallel" if at_once == len(timed) else "queued"
     return ConcurrencyResult(
         name=name,
         requests=count,
@@ -329,7 +426,46 @@ def measure_concurrency(config: Config, name: str, control: JobControl) -> Concu
         wall_sec=round(time.perf_counter() - started, 4),
         failures=dict(Counter(g.failure for g in failed)),
         reason=failed[0].reason if failed else "",
+        served=served,
+        at_once=at_once,
+        num_parallel=side.num_parallel,
+        spread_sec=_round(firsts[-1] - firsts[0]) if firsts else None,
+        served_why=_served_why(served, at_once, len(timed), side.num_parallel),
+        keep_alive_sent=keep_alive_value(side.keep_alive_sec),
     )
+
+
+def served_at_once(timed: Sequence[Generation]) -> int:
+    """How many of requests sent together Ollama served at once, from the spread of their first-token times.
+
+    Ollama lets a loaded model serve OLLAMA_NUM_PARALLEL requests; the others wait on the runner's semaphore
+    (llm/llama_server.go: Completion, line 1536) until one of those has finished, so a queued request's first token
+    comes at least a whole request later than the fastest one's. Requests served at once get theirs together. So:
+    the requests whose first token came within half the shortest request's duration of the fastest first token.
+    """
+    if not timed:
+        return 0
+    fastest = min(g.first_token_sec or 0.0 for g in timed)
+    shortest = min(g.wall_sec for g in timed)
+    return sum((g.first_token_sec or 0.0) - fastest <= shortest / 2 for g in timed)
+
+
+def _served_why(served: str, at_once: int, timed: int, parallel: int) -> str:
+    """The verdict in words, against what OLLAMA_NUM_PARALLEL lets Ollama do."""
+    setting = f"OLLAMA_NUM_PARALLEL={parallel}"
+    expected = min(parallel, timed)
+    if not served:
+        return "fewer than two requests got a first token: nothing to compare"
+    if at_once == expected:
+        if served == "parallel":
+            return f"all {timed} first tokens came together: served in parallel, as {setting} allows"
+        return f"{setting}: Ollama served {at_once} at a time and queued the rest, as it is configured to"
+    if at_once < expected:
+        return (
+            f"Ollama served {at_once} at a time although {setting} allows {expected}: some architectures are held at "
+            "1 (server/sched.go), or Ollama does not run with the env file's value"
+        )
+    return f"Ollama served {at_once} at a time although {setting}: it does not run with the env file's value"
 
 
 def _percentile(ordered: list[float], fraction: float) -> float | None:

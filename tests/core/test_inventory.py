@@ -9,6 +9,7 @@ import pytest
 from migrate_support import make_legacy_node, node_config
 
 from hxd.core.inventory import inventory
+from hxsandbox.world import OllamaStub
 
 
 def test_a_node_without_systemctl_says_unknown_and_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,3 +42,16 @@ def test_an_empty_canonical_directory_is_still_the_legacy_layout(tmp_path: Path)
     assert inventory(config)["layout"]["state"] == "legacy"
     (config.paths.canonical / "blobs").mkdir()
     assert inventory(config)["layout"]["state"] == "mixed"
+
+
+def test_the_ollama_version_is_what_the_running_ollama_reports(tmp_path: Path) -> None:
+    """server/routes.go (1879-1880): GET /api/version answers {"version": ...}; a node whose Ollama does not answer
+    (here: nothing listens on port 9, and the unit is not active) has none, which is not an error."""
+    with OllamaStub(tmp_path, tmp_path / "models", {"version": "0.32.1"}).start() as ollama:
+        config = node_config(tmp_path / "up", url=ollama.url)
+        make_legacy_node(config)
+        assert inventory(config)["ollama_version"] == "0.32.1"
+    config = node_config(tmp_path / "down")
+    make_legacy_node(config)
+    facts = inventory(config)
+    assert facts["ollama_version"] is None and facts["ollama_unit"] == "inactive" and facts["errors"] == []

@@ -19,28 +19,30 @@ NIGHT = datetime(2026, 11, 28, 0, 11, 42, tzinfo=UTC)
 def make_run(when: datetime = NIGHT, concurrency: bool = True) -> SmokeRun:
     models = [
         ModelResult("llama3.2:3b", "llama3.2:3b", first_token_sec=1.64, load_sec=0.01, total_sec=2.1,
-                    tokens_per_sec=85.25, eval_count=32, warmup_sec=3.2, baseline_sec=1.6),
+                    tokens_per_sec=85.25, eval_count=32, warmup_sec=3.2, baseline_sec=1.6, keep_alive_sent=[300, 300],
+                    keep_alive_why="OLLAMA_KEEP_ALIVE=0 (0 s) would unload the model ..."),
         ModelResult("qwen3:1.7b", "qwen3:1.7b", first_token_sec=2.98, baseline_sec=1.98, regression=True),
         ModelResult("mistral-small3.2@sha256:5a408ab55df5", "mistral-small3.2:latest", "not_found",
                     "HTTP 404: model 'mistral-small3.2:latest' not found; pull the model or correct its name"),
     ]  # fmt: skip
     check = (
-        ConcurrencyResult("llama3.2:3b", 4, 3, 1.7, 2.1, 2.9, {"busy": 1}, "HTTP 503: server busy")
+        ConcurrencyResult("llama3.2:3b", 4, 3, 1.7, 2.1, 2.9, {"busy": 1}, "HTTP 503: server busy", "queued", 1, 1,
+                          1.1, "OLLAMA_NUM_PARALLEL=1: Ollama served 1 at a time and queued the rest", 0)
         if concurrency
         else None
-    )
-    return SmokeRun(when, "llm-01", "http://127.0.0.1:11434", 41.2, models, check)
+    )  # fmt: skip
+    return SmokeRun(when, "llm-01", "http://127.0.0.1:11434", "0.33.0-rc2", 41.2, models, check)
 
 
 def test_readable_lines() -> None:
     assert make_run().log_lines() == [
         "2026-11-28T00:11:42Z llm-01 llama3.2:3b ok first_token=1.640s median7=1.600s load=0.010s total=2.100s "
-        "warmup=3.200s tokens_per_sec=85.2",
-        "2026-11-28T00:11:42Z llm-01 qwen3:1.7b REGRESSION first_token=2.980s median7=1.980s",
+        "warmup=3.200s tokens_per_sec=85.2 keep_alive=300/300 ollama=0.33.0-rc2",
+        "2026-11-28T00:11:42Z llm-01 qwen3:1.7b REGRESSION first_token=2.980s median7=1.980s ollama=0.33.0-rc2",
         "2026-11-28T00:11:42Z llm-01 mistral-small3.2:latest FAILED not_found: HTTP 404: model "
-        "'mistral-small3.2:latest' not found; pull the model or correct its name",
-        "2026-11-28T00:11:42Z llm-01 concurrency 4x llama3.2:3b 3/4 FAILED first_token_p50=1.700s "
-        "first_token_p95=2.100s wall=2.900s; first failure: HTTP 503: server busy",
+        "'mistral-small3.2:latest' not found; pull the model or correct its name ollama=0.33.0-rc2",
+        "2026-11-28T00:11:42Z llm-01 concurrency 4x llama3.2:3b 3/4 FAILED queued (1 at once, OLLAMA_NUM_PARALLEL=1) "
+        "first_token_p50=1.700s first_token_p95=2.100s wall=2.900s; first failure: HTTP 503: server busy",
     ]
     assert (
         make_run(concurrency=False).log_lines()[-1]
@@ -53,10 +55,14 @@ def test_json_lines_and_run_json_agree() -> None:
     records = run.records()
     assert [r["check"] for r in records] == ["model", "model", "model", "concurrency"]
     assert all(r["time"] == "2026-11-28T00:11:42Z" and r["node"] == "llm-01" for r in records)
-    assert {k: v for k, v in records[2].items() if k not in ("time", "node", "check")} == run.to_json()["models"][2]
+    assert all(r["ollama_version"] == "0.33.0-rc2" == run.to_json()["ollama_version"] for r in records)
+    stamp = ("time", "node", "check", "ollama_version")
+    assert {k: v for k, v in records[2].items() if k not in stamp} == run.to_json()["models"][2]
+    assert records[0]["keep_alive_sent"] == [300, 300] and records[0]["keep_alive_why"].startswith("OLLAMA_KEEP")
+    assert (records[3]["served"], records[3]["at_once"], records[3]["keep_alive_sent"]) == ("queued", 1, 0)
     assert records[2]["model"] == "mistral-small3.2@sha256:5a408ab55df5" and records[2]["ok"] is False
     assert json.loads(json.dumps(run.to_json()))["ok"] is False
-    assert run.describe() == "3 models: 2 ok, 1 failed, 1 regressed; concurrency 3/4"
+    assert run.describe() == "3 models: 2 ok, 1 failed, 1 regressed; concurrency 3/4 queued"
 
 
 def test_summary_leaves_out_what_was_not_measured() -> None:

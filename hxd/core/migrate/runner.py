@@ -42,6 +42,7 @@ from hxd.core.migrate.plan import STAGING, Plan, Targets, make_plan, targets
 from hxd.core.migrate.switch import change, point, undo
 from hxd.core.modelref import parse_ref
 from hxd.core.ollama_api import OllamaUnavailable, list_models
+from hxd.core.ollama_env import env_api_url
 from hxd.core.safefs import Dir, Unsafe
 from hxd.core.schedule import iso
 from hxd.core.service import ServiceController
@@ -204,7 +205,7 @@ class Migration:
         """What the post-check expects, and from where: the server's list if it answers, else the source store's."""
         if journal.service_was_active:
             try:
-                return list_models(self.config.ollama.url), "server"
+                return list_models(env_api_url(self.config, journal.targets.env_file)), "server"
             except OllamaUnavailable as exc:
                 log.warning("Ollama does not list its models; the post-check will compare stores", error=str(exc))
         return _store_tags(Store(journal.targets.source)), "store"
@@ -336,7 +337,7 @@ class Migration:
             deadline = time.monotonic() + _POST_CHECK_TIMEOUT_SEC
             while True:
                 try:
-                    actual = list_models(self.config.ollama.url)
+                    actual = list_models(env_api_url(self.config, journal.targets.env_file))
                     break
                 except OllamaUnavailable as exc:
                     if time.monotonic() > deadline:

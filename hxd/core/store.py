@@ -98,8 +98,9 @@ class Store:
         return self.root / "blobs"
 
     def manifest_files(self) -> Iterator[Path]:
-        """Every ``manifests/<host>/<namespace>/<model>/<tag>`` file, as Ollama's glob finds them."""
-        yield from sorted(p for p in self.manifests_dir.glob("*/*/*/*") if p.is_file())
+        """Every ``manifests/<host>/<namespace>/<model>/<tag>`` file, as Ollama's glob finds them. A directory that
+        vanishes while it is listed (the store's owner at work) holds nothing, as for a glob; no error."""
+        yield from sorted(_files_at_depth(self.manifests_dir, 3))
 
     def unlistable(self) -> list[tuple[Path, str]]:
         """Paths the manifest glob matches that cannot be stat'ed (a dangling symlink), with the reason.
@@ -146,6 +147,22 @@ class Store:
         except OSError as exc:
             return BlobProblem("unreadable", f"blob {layer.blob_name} cannot be read: {exc.strerror}")
         return None
+
+
+def _files_at_depth(directory: Path, depth: int) -> Iterator[Path]:
+    try:
+        with os.scandir(directory) as listing:
+            entries = list(listing)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        try:
+            if depth == 0 and entry.is_file():
+                yield Path(entry.path)
+            elif depth > 0 and entry.is_dir():
+                yield from _files_at_depth(Path(entry.path), depth - 1)
+        except OSError:
+            continue  # gone (or a symlink loop) since the listing
 
 
 def read_manifest_file(path: Path) -> bytes:

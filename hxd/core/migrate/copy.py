@@ -173,9 +173,11 @@ def _copy(
         try:
             fd = staging.create(part)
         except FileExistsError:
-            fd = staging.open(part, os.O_RDWR)  # left by an interrupted run, in hxd's own 0700 staging
+            # Left by an interrupted run (perhaps already given Ollama's owner): only hxd can name anything in its
+            # 0700 staging directory, but a second name of the inode elsewhere would make it someone else's file.
+            fd = staging.open(part, os.O_RDWR)
             left = os.fstat(fd)
-            if not stat.S_ISREG(left.st_mode) or left.st_nlink != 1 or left.st_uid != os.geteuid():
+            if not stat.S_ISREG(left.st_mode) or left.st_nlink != 1:
                 os.close(fd)
                 raise Failed(f"{staging.path / part} is not the partial copy hxd left; remove it and resume") from None
         try:

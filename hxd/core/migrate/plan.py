@@ -124,10 +124,15 @@ def make_plan(config: Config, t: Targets, *, resuming: bool = False) -> Plan:
     try:
         return _make_plan(config, t, resuming)
     except OSError as exc:
-        raise Refused(
-            f"{exc.filename or t.source}: {exc.strerror} while planning; the store changed while hxd read it: "
-            "run it again once nothing else writes to it"
-        ) from None
+        raise changed_under(exc, t.source) from None
+
+
+def changed_under(exc: OSError, where: Path) -> Refused:
+    """The refusal for a store that changed while hxd read it (its owner is at work): nothing was written yet."""
+    return Refused(
+        f"{exc.filename or where}: {exc.strerror} while planning; the store changed while hxd read it: "
+        "run it again once nothing else writes to it"
+    )
 
 
 def _make_plan(config: Config, t: Targets, resuming: bool) -> Plan:

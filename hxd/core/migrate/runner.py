@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,14 +34,15 @@ from hxd.core.envfile_writer import set_variable
 from hxd.core.errors import Failed, HxdError, Refused
 from hxd.core.jobs import JobControl
 from hxd.core.migrate import journal as journals
-from hxd.core.migrate.copy import Ownership, blob_in_place, copy_manifest, open_staging, place_blob, remove_tree
+from hxd.core.migrate.copy import Ownership, blob_in_place, copy_manifest, place_blob, remove_tree
 from hxd.core.migrate.journal import Journal, Phase
-from hxd.core.migrate.plan import STAGING, Plan, Targets, make_plan, targets
+from hxd.core.migrate.plan import STAGING, Plan, changed_under, make_plan, targets
 from hxd.core.migrate.switch import change, point, undo
+from hxd.core.migrate.trees import Trees, enter_or_create, rmdir_beneath, sub_or_none, unlink_beneath
 from hxd.core.modelref import parse_ref
 from hxd.core.ollama_api import OllamaUnavailable, list_models
 from hxd.core.ollama_env import env_api_url
-from hxd.core.safefs import Dir, Unsafe
+from hxd.core.safefs import Dir
 from hxd.core.schedule import iso
 from hxd.core.service import ServiceController
 from hxd.core.store import Store, StoreError
@@ -87,7 +86,10 @@ class Migration:
     def prepare(self, overrides: dict[str, str], *, resume: bool) -> Prepared:
         """Refuse early (Refused), before the job starts: the journal to work on (a new one is written) and its
         plan, made once. Call it holding the node's lock, and hand the result to ``run``."""
-        journal, plan = self._journal(overrides, resume)
+        try:
+            journal, plan = self._journal(overrides, resume)
+        except OSError as exc:
+            raise changed_under(exc, self.config.paths.legacy) from None
         return Prepared(journal, plan, time.monotonic())
 
     def run(self, prepared: Prepared) -> dict[str, Any]:
@@ -105,7 +107,7 @@ class Migration:
     def _run(self, journal: Journal, plan: Plan, owner: Ownership, started: float) -> dict[str, Any]:
         stop_time = started  # a resumed run past the stop cannot know when Ollama went down: from the resume on
         if journal.state == Phase.COPYING:
-            with _Trees.open(journal.targets, owner) as trees:
+            with Trees.open(journal.targets, owner) as trees:
                 self._copy(journal, plan, owner, trees)
             self._verify(journal)
             journal.state = Phase.VERIFIED
@@ -219,7 +221,7 @@ class Migration:
 
     # --- phases 1 and 2 -------------------------------------------------------------------------------------------
 
-    def _copy(self, journal: Journal, plan: Plan, owner: Ownership, trees: _Trees) -> None:
+    def _copy(self, journal: Journal, plan: Plan, owner: Ownership, trees: Trees) -> None:
         journal.plan_names(sorted(plan.blobs), plan.manifests, self.state_dir)
         todo = {name: size for name, size in plan.blobs.items() if name not in journal.verified}
         self.control.update(
@@ -235,7 +237,7 @@ class Migration:
         self.control.update(phase="manifests", message=f"{len(plan.manifests)} manifests")
         self._put_manifests(journal, owner, plan.manifests, trees)
 
-    def _put_blobs(self, journal: Journal, owner: Ownership, todo: dict[str, int], trees: _Trees) -> None:
+    def _put_blobs(self, journal: Journal, owner: Ownership, todo: dict[str, int], trees: Trees) -> None:
         lock = threading.Lock()
 
         def one(name: str) -> None:
@@ -256,7 +258,7 @@ class Migration:
 
         _parallel(one, sorted(todo, key=lambda n: -todo[n]), self.workers)
 
-    def _put_manifests(self, journal: Journal, owner: Ownership, manifests: list[str], trees: _Trees) -> None:
+    def _put_manifests(self, journal: Journal, owner: Ownership, manifests: list[str], trees: Trees) -> None:
         for relative in manifests:  # all were planned (journaled) already; a resume copies them all again
             journal.manifests[relative] = copy_manifest(
                 trees.source_manifests, relative, trees.staging, trees.manifests, owner
@@ -286,12 +288,12 @@ class Migration:
         self.control.update(phase="catch-up", message="copying what changed while Ollama served")
         plan = make_plan(self.config, journal.targets, resuming=True)
         journal.plan_names(sorted(plan.blobs), plan.manifests, self.state_dir)
-        with _Trees.open(journal.targets, owner) as trees:
+        with Trees.open(journal.targets, owner) as trees:
             todo = {name: size for name, size in plan.blobs.items() if name not in journal.verified}
             self._put_blobs(journal, owner, todo, trees)
             self._put_manifests(journal, owner, plan.manifests, trees)  # small: copied again, changed or not
             for gone in sorted(set(journal.manifests) - set(plan.manifests)):
-                _unlink_beneath(trees.manifests, gone)
+                unlink_beneath(trees.manifests, gone)
                 del journal.manifests[gone]
         journal.save(self.state_dir)
         self._verify(journal)
@@ -302,7 +304,7 @@ class Migration:
         canonical, bulk, legacy = journal.targets.canonical, journal.targets.bulk, journal.targets.legacy
         if not os.path.lexists(canonical):
             self._record(journal, "canonical", "created-dir")
-        with _enter_or_create(canonical, owner) as directory:
+        with enter_or_create(canonical, owner) as directory:
             for part in ("blobs", "manifests"):
                 backup = f".hxd-backup-{journal.id}-{part}"
                 self._record(journal, f"canonical-{part}", change(directory, part, bulk / part), backup)
@@ -410,21 +412,21 @@ class Migration:
         except FileNotFoundError:
             return
         with bulk:
-            blobs = _sub_or_none(bulk, "blobs")
+            blobs = sub_or_none(bulk, "blobs")
             if blobs is not None:
                 with blobs:
                     for name in sorted({*journal.planned_blobs, *journal.verified}):
                         blobs.unlink(name)
                     blobs.fsync()
-            manifests = _sub_or_none(bulk, "manifests")
+            manifests = sub_or_none(bulk, "manifests")
             if manifests is not None:
                 with manifests:
                     planned = {*journal.planned_manifests, *journal.manifests}
                     for relative in sorted(planned):
-                        _unlink_beneath(manifests, relative)
+                        unlink_beneath(manifests, relative)
                     parents = {str(Path(r).parents[i]) for r in planned for i in range(len(Path(r).parts) - 1)}
                     for directory in sorted(parents, key=lambda d: -d.count("/")):
-                        _rmdir_beneath(manifests, directory)
+                        rmdir_beneath(manifests, directory)
             remove_tree(bulk, STAGING)
             bulk.rmdir("blobs")
             bulk.rmdir("manifests")
@@ -483,48 +485,6 @@ def _store_tags(store: Store) -> dict[str, str]:
     return tags
 
 
-@dataclass
-class _Trees:
-    """The directories one run works in, each opened once, without following a symlink (hxd.core.safefs)."""
-
-    source_blobs: Dir
-    source_manifests: Dir
-    bulk: Dir
-    blobs: Dir
-    manifests: Dir
-    staging: Dir
-
-    @classmethod
-    @contextmanager
-    def open(cls, t: Targets, owner: Ownership) -> Iterator[_Trees]:
-        with ExitStack() as stack:
-            source = stack.enter_context(Dir.enter(t.source))
-            bulk = stack.enter_context(_enter_or_create(t.bulk, owner))
-            mode, ids = owner.dir_mode, (owner.uid, owner.gid)
-            yield cls(
-                source_blobs=stack.enter_context(source.sub("blobs")),
-                source_manifests=stack.enter_context(source.sub("manifests")),
-                bulk=bulk,
-                blobs=stack.enter_context(bulk.make_sub("blobs", mode, ids)),
-                manifests=stack.enter_context(bulk.make_sub("manifests", mode, ids)),
-                staging=stack.enter_context(open_staging(bulk)),
-            )
-
-
-def _enter_or_create(path: Path, owner: Ownership) -> Dir:
-    """The directory ``path``, with missing ones (and their missing parents) created with Ollama's owner."""
-    missing: list[str] = []
-    existing = path
-    while not os.path.lexists(existing):
-        missing.insert(0, existing.name)
-        existing = existing.parent
-    directory = Dir.enter(existing)
-    for name in missing:
-        with directory:
-            directory = directory.make_sub(name, owner.dir_mode, (owner.uid, owner.gid))
-    return directory
-
-
 def _remove_temporaries(env_file: Path, state_dir: Path) -> None:
     """The temporary files of replace_file that a kill left beside the env file, the journal and the env file's
     backup (migrations run one at a time, under the node's lock: none of these is being written now)."""
@@ -545,38 +505,6 @@ def _step_path(journal: Journal, step: str) -> tuple[Path, str]:
 
 def _backup_name(journal: Journal, step: str) -> str:
     return Path(journal.backups[step]).name  # journals before 0.2 kept the whole path
-
-
-def _sub_or_none(parent: Dir, name: str) -> Dir | None:
-    st = parent.lstat(name)
-    return parent.sub(name) if st is not None and stat.S_ISDIR(st.st_mode) else None
-
-
-def _unlink_beneath(directory: Dir, relative: str) -> None:
-    """Remove ``relative`` if it is there; a symlink on the way means it is not (skipped, never followed)."""
-    head, _, leaf = relative.rpartition("/")
-    try:
-        parent = directory.sub(head) if head else None
-    except (FileNotFoundError, NotADirectoryError, Unsafe):
-        return
-    if parent is None:
-        directory.unlink(leaf)
-        return
-    with parent:
-        parent.unlink(leaf)
-
-
-def _rmdir_beneath(directory: Dir, relative: str) -> None:
-    head, _, leaf = relative.rpartition("/")
-    try:
-        parent = directory.sub(head) if head else None
-    except (FileNotFoundError, NotADirectoryError, Unsafe):
-        return
-    if parent is None:
-        directory.rmdir(leaf)
-        return
-    with parent:
-        parent.rmdir(leaf)
 
 
 def _reason(exc: Exception) -> str:

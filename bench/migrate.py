@@ -5,7 +5,8 @@ tmpfs for bulk storage, so that blobs are copied across filesystems as on a node
    and vs ``cp -a`` then ``sync`` with no verification at all, the floor of any copy (goal: <= 1.25x; reported);
 2. sha256 of every blob of that store where it lies, as a same-filesystem migration verifies it while Ollama still
    serves, beside ``sha256sum -c`` of the same blobs (reported);
-3. a same-filesystem migration of a 20 GiB store of sparse blobs (target: < 1 s), beside ``mv`` of the store;
+3. a same-filesystem migration of a 20 GiB store of sparse blobs, which hashes every blob and links it, beside the
+   hashing alone (target: <= 1.25x);
 4. how long Ollama (the stub, as ollama.service) stops answering during a migration to another filesystem and one on
    the same filesystem, each beside a plain restart of the same service (target: <= 1 s more);
 5. Status() latency over the bus while hxd copies at full speed, beside Status() idle (target: p99 < 20 ms).
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import pwd
 import shutil
 import statistics
 import subprocess
@@ -87,6 +89,16 @@ def synthetic_store(config: Config, total: int, blob_size: int) -> None:
     count = max(total // blob_size, 1)
     layers = [os.urandom(1024) + bytes(blob_size - 1024) for _ in range(count)]  # distinct, cheap to generate
     make_store(p.legacy, {f"synthetic{i}:1b": layers[i::4] for i in range(4)})
+    as_ollama_leaves_it(p.legacy)
+
+
+def as_ollama_leaves_it(store: Path) -> None:
+    """The store owned by the ollama account, files 0644 and directories 0755: then a same-filesystem migration
+    links the blobs (a blob with another owner or mode is copied, so that the source's inode is never changed)."""
+    account = pwd.getpwnam("ollama")
+    for path in [store, *store.rglob("*")]:
+        os.chown(path, account.pw_uid, account.pw_gid)
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def reset(config: Config) -> None:
@@ -184,14 +196,15 @@ def same_filesystem(root: Path, size: int) -> bool:
     target = manifest_path(p.legacy, "sparse:20g")
     target.parent.mkdir(parents=True)
     target.write_bytes(document)
+    as_ollama_leaves_it(p.legacy)
+    hashing = timed(lambda: hash_every_blob(p.legacy / "blobs"))
     took = timed(lambda: run_migration(Migration(config, Idle(), JobControl("migrate"))))
-    moved = root / "samefs/moved"
-    mv = timed(lambda: subprocess.run(["mv", str(p.bulk), str(moved)], check=True))
     print(
-        f"same filesystem {sum(sizes) / GiB:.1f} GiB (sparse)   hxd {took * 1000:.0f} ms, mv of the store "
-        f"{mv * 1000:.1f} ms ({took / mv:.0f}x mv; target < 1 s)"
+        f"same filesystem {sum(sizes) / GiB:.1f} GiB (sparse)   hxd {took:.2f} s (every blob hashed, then linked), "
+        f"sha256 of the blobs alone {hashing:.2f} s: {took / hashing:.2f}x (target <= 1.25x: linking costs next to "
+        "nothing beside the hashing, which runs while Ollama serves)"
     )
-    return took < 1.0
+    return took / hashing <= 1.25
 
 
 class Poller:

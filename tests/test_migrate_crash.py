@@ -191,7 +191,7 @@ def check_point(world_tmp: Path, mode: str, bulk: Path | None, action: str, poin
             assert migrated.returncode == 0, (name, migrated.stderr)
         assert run_step(node, action, kill=point).returncode != 0, f"{name}: the kill did not happen"
         journal = journals.load(node.config.paths.state_dir)
-        outcomes.append(journal.state if journal else "none")
+        outcomes.append(str(journal.state) if journal else "none")
         live = {**readable_models(old_store(node.config)), **readable_models(node.config.paths.canonical)}
         assert all(live.get(m) == d for m, d in original.items()), f"{name}: a model was unreadable at the kill"
         if recovery == "forward":

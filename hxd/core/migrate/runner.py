@@ -148,10 +148,13 @@ class Migration:
                 f"the migration failed after the stop, so it was rolled back and {journal.unit} "
                 f"started again: {problem}"
             )
-        with Dir.enter(journal.targets.bulk) as bulk:
-            remove_tree(bulk, STAGING)
         journal.finish(self.state_dir, Phase.COMMITTED, "committed")
-        _remove_temporaries(journal.targets.env_file, self.state_dir)
+        try:  # leftovers only: the migration is committed whatever becomes of them
+            with Dir.enter(journal.targets.bulk) as bulk:
+                remove_tree(bulk, STAGING)
+            _remove_temporaries(journal.targets.env_file, self.state_dir)
+        except OSError as exc:
+            log.warning("committed, but a temporary file could not be removed", error=_reason(exc))
         message = (
             f"committed: {len(journal.verified)} blobs and {len(journal.manifests)} manifests in "
             f"{journal.targets.bulk}; {journal.unit} was down {downtime:.2f} s"
@@ -167,7 +170,9 @@ class Migration:
             "seconds": round(time.monotonic() - started, 3),
             "service_down_seconds": round(downtime, 3),
             "canonical": str(journal.targets.canonical),
-            "backups": sorted(journal.backups.values()),
+            "backups": sorted(
+                str(_step_path(journal, step)[0] / _backup_name(journal, step)) for step in journal.backups
+            ),
         }
 
     def _journal(self, overrides: dict[str, str], resume: bool) -> tuple[Journal, Plan]:

@@ -114,6 +114,8 @@ def test_same_filesystem_links_instead_of_copying(tmp_path: Path) -> None:
         blob.chmod(0o644)
     blobs[0].chmod(0o600)  # root's, 0600: not what Ollama needs
     before = {blob.name: blob.stat() for blob in blobs}
+    plan = make_plan(config, targets(config, {}))
+    assert plan.foreign == [blobs[0].name] and plan.bytes_to_copy == before[blobs[0].name].st_size
     result, _ = run(config)
     assert result["same_filesystem"] is True
     for blob in (config.paths.bulk / "blobs").iterdir():

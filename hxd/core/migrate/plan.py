@@ -63,6 +63,7 @@ class Plan:
     bytes_to_copy: int
     free_bytes: int
     owner: tuple[str, str, int, int]  # user, group, uid, gid
+    foreign: list[str]  # same filesystem: blobs copied because their owner or mode is not Ollama's
     steps: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
@@ -86,6 +87,7 @@ class Plan:
             "bytes_to_copy": self.bytes_to_copy,
             "free_bytes": self.free_bytes,
             "owner": f"{self.owner[0]}:{self.owner[1]}",
+            "copied_for_owner_or_mode": len(self.foreign),
             "steps": self.steps,
         }
 
@@ -155,18 +157,19 @@ def _make_plan(config: Config, t: Targets, resuming: bool) -> Plan:
         raise Refused(f"{t.canonical} is a symlink; the canonical path must be a directory (or not exist)")
     if os.path.realpath(t.legacy) != str(source) and _has_other_data(t.legacy):
         raise Refused(f"the legacy path {t.legacy} holds data that is not the source store; move it aside")
-    blobs, skipped = _blobs(store)
+    account = _ollama(config)
+    blobs, skipped, foreign = _blobs(store, (account.uid, account.gid, config.audit.file_mode))
     manifests, referenced = _manifests(store)
     present = _present(t.bulk, blobs, resuming)
     if not resuming:
         _refuse_other_data(t)
     same_fs = _mount(store.blobs_dir) == _mount(t.bulk)
-    to_copy = 0 if same_fs else sum(size for name, size in blobs.items() if name not in present)
+    copied = [name for name in blobs if name not in present and (name in foreign or not same_fs)]
+    to_copy = sum(blobs[name] for name in copied)
     free = _free(t.bulk)
     needed = to_copy + max(int(to_copy * _MARGIN_FRACTION), _MARGIN_MIN) if to_copy else 0
     if needed > free:
         raise Refused(f"{t.bulk} has {_gib(free)} free; copying needs {_gib(needed)} with a safety margin")
-    account = _ollama(config)
     _refuse_untraversable(account, [t.bulk, t.canonical])
     plan = Plan(
         t,
@@ -180,6 +183,7 @@ def _make_plan(config: Config, t: Targets, resuming: bool) -> Plan:
         to_copy,
         free,
         (account.name, config.ollama.group, account.uid, account.gid),
+        sorted(foreign) if same_fs else [],
     )
     plan.steps = _steps(plan, config.ollama.unit)
     return plan
@@ -210,16 +214,22 @@ def _has_other_data(path: Path) -> bool:
     return not path.is_dir() or any(path.iterdir())
 
 
-def _blobs(store: Store) -> tuple[dict[str, int], list[str]]:
+def _blobs(store: Store, wanted: tuple[int, int, int]) -> tuple[dict[str, int], list[str], set[str]]:
+    """Valid blobs (name -> size), other names, and the blobs whose owner, group or mode is not ``wanted``
+    (Ollama's): on one filesystem these are copied, not linked, since a link shares the source's inode."""
     blobs: dict[str, int] = {}
     skipped: list[str] = []
+    foreign: set[str] = set()
     with os.scandir(store.blobs_dir) as entries:
         for entry in entries:
             if BLOB_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-                blobs[entry.name] = entry.stat(follow_symlinks=False).st_size
+                st = entry.stat(follow_symlinks=False)
+                blobs[entry.name] = st.st_size
+                if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != wanted:
+                    foreign.add(entry.name)
             else:
                 skipped.append(entry.name)
-    return blobs, skipped
+    return blobs, skipped, foreign
 
 
 def _manifests(store: Store) -> tuple[list[str], set[str]]:
@@ -317,9 +327,14 @@ def _refuse_untraversable(account: Account, paths: list[Path]) -> None:
 
 def _steps(plan: Plan, unit: str) -> list[str]:
     t = plan.targets
-    how = "hard-link (same filesystem: no bytes copied)" if plan.same_fs else "copy, hashing every byte"
+    how = "hash, then hard-link (same filesystem)" if plan.same_fs else "copy, hashing every byte,"
+    foreign = (
+        f" ({len(plan.foreign)} of them copied: their owner or mode is not {plan.owner[0]}:{plan.owner[1]}'s)"
+        if plan.foreign
+        else ""
+    )
     return [
-        f"{how} {len(plan.blobs) - len(plan.present)} blobs ({_gib(plan.bytes_total)}) from {t.source}/blobs "
+        f"{how} {len(plan.blobs) - len(plan.present)} blobs{foreign} ({_gib(plan.bytes_total)}) from {t.source}/blobs "
         f"to {t.bulk}/blobs via {t.bulk}/{STAGING}, while Ollama keeps serving",
         f"copy {len(plan.manifests)} manifests byte for byte (mtimes kept) to {t.bulk}/manifests",
         "verify: every manifest's blobs present with the right size, every copied blob's sha256 equal to its name",

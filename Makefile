@@ -15,7 +15,9 @@ BIN    := $(VENV)/bin
 # Debian packages the demo and the tests need (`make fresh` proves the list complete on a minimal Debian 12).
 # openssh-server: tests/test_fleet.py runs a real sshd (and ssh, ssh-keygen from openssh-client, its dependency).
 # procps: /bin/kill, which hxd.service's ExecReload= names (tests/test_units.py: systemd-analyze verify checks it).
-DEB_PACKAGES := dbus python3-venv make systemd util-linux rsync openssh-server procps
+# prometheus: promtool checks and unit-tests packaging/prometheus/hxd-rules.yml (tests/test_prometheus_rules.py), and
+# the dashboard's queries run against a Prometheus of the test's own (tests/test_grafana_dashboard.py).
+DEB_PACKAGES := dbus python3-venv make systemd util-linux rsync openssh-server procps prometheus
 # Debian packages `make deb`, `make e2e` and `make fresh` need (`make deps-e2e` installs them); ca-certificates: the
 # CA bundle `make fresh` carries into its roots.
 DEB_BUILD_PACKAGES := debhelper dpkg-dev git lintian python3-pip python3.11-venv \

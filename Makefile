@@ -15,7 +15,10 @@ BIN    := $(VENV)/bin
 # Debian packages the demo and the tests need (`make fresh` proves the list complete on a minimal Debian 12).
 # openssh-server: tests/test_fleet.py runs a real sshd (and ssh, ssh-keygen from openssh-client, its dependency).
 # procps: /bin/kill, which hxd.service's ExecReload= names (tests/test_units.py: systemd-analyze verify checks it).
-DEB_PACKAGES := dbus python3-venv make systemd util-linux rsync openssh-server procps strace
+# strace: tests/test_migrate_crash.py places a kill at every file-changing system call with its fault injection.
+# prometheus: promtool checks and unit-tests packaging/prometheus/hxd-rules.yml (tests/test_prometheus_rules.py), and
+# the dashboard's queries run against a Prometheus of the test's own (tests/test_grafana_dashboard.py).
+DEB_PACKAGES := dbus python3-venv make systemd util-linux rsync openssh-server procps strace prometheus
 # Debian packages `make deb`, `make e2e` and `make fresh` need (`make deps-e2e` installs them); ca-certificates: the
 # CA bundle `make fresh` carries into its roots.
 DEB_BUILD_PACKAGES := debhelper dpkg-dev git lintian python3-pip python3.11-venv \
@@ -76,6 +79,7 @@ bench: venv
 	$(BIN)/python bench/telemetry.py
 	$(BIN)/python bench/flood.py
 	$(BIN)/python bench/migrate.py
+	$(BIN)/python bench/fleet.py
 
 # The .deb: a source tree under build/deb from `git ls-files` plus packaging/debian as debian/, the wheels pinned
 # by requirements.lock (and the setuptools that builds hxd's wheel, pinned by requirements-dev.lock) downloaded

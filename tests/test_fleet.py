@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -109,7 +109,9 @@ def nodes(sshd: tuple[Path, int], world_tmp: Path) -> tuple[Path, dict[str, Path
     return base, configs
 
 
-def fleet(base: Path, *args: str, hosts: tuple[str, ...] = ("llm-01", "llm-02")) -> subprocess.CompletedProcess[str]:
+def fleet(
+    base: Path, *args: str, hosts: tuple[str, ...] = ("llm-01", "llm-02"), as_json: bool = True
+) -> subprocess.CompletedProcess[str]:
     host_args = [part for host in hosts for part in ("--host", host)]
     return subprocess.run(
         [
@@ -121,7 +123,7 @@ def fleet(base: Path, *args: str, hosts: tuple[str, ...] = ("llm-01", "llm-02"))
             str(base / "ssh_config"),
             "--remote-hxctl",
             str(base / "hxctl-node"),
-            "--json",
+            *(["--json"] if as_json else []),
         ],
         capture_output=True,
         text=True,
@@ -276,3 +278,142 @@ def test_the_host_comes_after_double_dash_and_the_port_before(tmp_path: Path) ->
         ]
     )
     assert all(call[:2] == ["-xT", "-o"] for call in calls)
+
+
+# --- what the fleet view got wrong (issue 17) -------------------------------------------------------------------
+
+ENV = "opt/hx-infrastructure/{node}/config/ollama/ollama.env"
+
+
+def empty_pins(base: Path) -> set[str]:
+    env = base / "llm-01" / ENV.format(node="llm-01")
+    text = env.read_text()
+    pin = text.split("mistral-small3.2@", 1)[1].split('"', 1)[0].split(",", 1)[0]
+    env.write_text(text.replace(f"@{pin}", ""))
+    return {"environment.OLLAMA_MODEL_MISTRAL", "environment.OLLAMA_MODELS_AVAILABLE", "pins.OLLAMA_MODEL_MISTRAL"}
+
+
+def empty_store(base: Path) -> set[str]:
+    manifests = base / "llm-01/data/llm_bulk_storage/manifests"
+    shutil.rmtree(manifests)
+    manifests.mkdir()
+    return {
+        f"models.registry.ollama.ai/library/{name}" for name in ("llama3.2:3b", "qwen3:1.7b", "mistral-small3.2:latest")
+    }
+
+
+def unreadable_env_file(base: Path) -> set[str]:
+    env = base / "llm-01" / ENV.format(node="llm-01")
+    variables = [line.split("=", 1)[0] for line in env.read_text().splitlines() if "=" in line]
+    env.unlink()
+    env.mkdir()  # unreadable even for root: "is a directory, not a regular file"
+    return {f"environment.{name}" for name in variables} | {"pins.OLLAMA_MODEL_MISTRAL"}
+
+
+@pytest.mark.parametrize("case", [empty_pins, empty_store, unreadable_env_file])
+def test_an_empty_part_is_not_a_field_of_its_own(
+    nodes: tuple[Path, dict[str, Path]], case: Callable[[Path], set[str]]
+) -> None:
+    """One node's empty pins, store or environment (its file unreadable) differs by the fields it lacks; the empty
+    part itself was a phantom field (``pins: llm-01={}  llm-02=(missing)``), counted in the summary."""
+    base, _ = nodes
+    expected = case(base)
+    result = fleet(base, "diff")
+    assert result.returncode == 1, result.stderr
+    assert set(differences(result)) == expected
+    human = fleet(base, "diff", as_json=False)
+    assert human.returncode == 1
+    assert f"fleet: {len(expected)} differences, not aligned" in human.stderr
+    assert len(human.stdout.splitlines()) == len(expected)
+
+
+def scripted_ssh(directory: Path, replies: dict[str, tuple[bytes, bytes, int]]) -> dict[str, str]:
+    """An environment whose ``ssh`` answers for each destination (the argument after ``--``) with the given standard
+    output, standard error and exit status, as bytes: what a node's sshd and hxctl could send."""
+    table = {host: [out.hex(), err.hex(), code] for host, (out, err, code) in replies.items()}
+    (directory / "replies.json").write_text(json.dumps(table))
+    (directory / "ssh").write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"out, err, code = json.load(open({str(directory / 'replies.json')!r}))[sys.argv[sys.argv.index('--') + 1]]\n"
+        "sys.stdout.buffer.write(bytes.fromhex(out)); sys.stderr.buffer.write(bytes.fromhex(err)); sys.exit(code)\n"
+    )
+    (directory / "ssh").chmod(0o755)
+    return {**os.environ, "PATH": f"{directory}:{os.environ['PATH']}"}
+
+
+# What `hxctl inventory --json` prints on a node whose hxd could not be asked (the parts fleet reads).
+INVENTORY = {
+    "node": "n",
+    "version": "0.1.0",
+    "config": {"node": "n"},
+    "layout": {"state": "canonical"},
+    "environment": {"OLLAMA_HOST": "127.0.0.1:11434"},
+    "models": {},
+    "pins": {},
+    "ollama_unit": "active",
+    "errors": [],
+    "hxd_error": "hxd is not running: start it with systemctl start hxd",
+}
+
+
+def hxctl_fleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HXCTL, *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_a_node_that_sends_bytes_that_are_not_utf8_is_a_row_of_its_own(tmp_path: Path) -> None:
+    """A Latin-1 sshd banner on one node crashed the whole command (UnicodeDecodeError) with no row for any node."""
+    answer = json.dumps(INVENTORY).encode()
+    env = scripted_ssh(
+        tmp_path,
+        {
+            "banner": (answer, "Willkommen auf dem Rechenknoten für Ollama\n".encode("latin-1"), 0),
+            "latin": (b"\xe9t\xe9 " + answer, b"", 0),
+            "refused": (b"", b"ssh: connect to host refused: Verbindung zur\xfcckgewiesen\n", 255),
+            "good": (answer, b"", 0),
+        },
+    )
+    hosts = [part for host in ("banner", "latin", "refused", "good") for part in ("--host", host)]
+    result = hxctl_fleet(env, *hosts, "fleet", "status", "--json")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows["banner"]["layout"] == rows["good"]["layout"] == "canonical"
+    assert rows["latin"] == {"error": "the node's answer is not UTF-8 (byte 0); is something printing at login there?"}
+    assert rows["refused"] == {"error": "unreachable: ssh: connect to host refused: Verbindung zur\\xfcckgewiesen"}
+    diff = hxctl_fleet(env, *hosts, "fleet", "diff")
+    assert diff.returncode == 1 and "Traceback" not in diff.stderr, diff.stderr
+    assert diff.stdout.splitlines() == [
+        "latin: the node's answer is not UTF-8 (byte 0); is something printing at login there?",
+        "refused: unreachable: ssh: connect to host refused: Verbindung zur\\xfcckgewiesen",
+    ]
+    assert "fleet: aligned (answered: banner, good; unreachable: 2)" not in diff.stderr  # two did not answer
+    assert "unreachable: 2" in diff.stderr
+
+
+def test_without_ssh_the_error_names_what_to_install(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    env = {**os.environ, "PATH": str(tmp_path / "bin")}
+    result = hxctl_fleet(env, "--host", "llm-01", "fleet", "status")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == (
+        "hxctl: ssh is not installed (no ssh on PATH); hxctl fleet needs it: apt-get install openssh-client [Failed]"
+    )
+    control = (Path(__file__).parents[1] / "packaging/debian/control").read_text()
+    recommends = control.split("\nRecommends:", 1)[1].split("\nDescription:", 1)[0]
+    assert "openssh-client" in recommends  # the package says so too
+
+
+def test_status_shows_a_question_mark_where_hxd_could_not_be_asked(tmp_path: Path) -> None:
+    """hxctl(1): ``-`` where there is none yet, ``?`` where hxd could not be asked (it was ``-`` for both)."""
+    asked = {k: v for k, v in INVENTORY.items() if k != "hxd_error"}
+    asked["hxd"] = {"state": "running", "features": {"telemetry": "ok", "validate": "unchecked"}, "last_audit": {}}
+    env = scripted_ssh(
+        tmp_path, {"down": (json.dumps(INVENTORY).encode(), b"", 0), "up": (json.dumps(asked).encode(), b"", 0)}
+    )
+    rows = json.loads(hxctl_fleet(env, "--host", "down", "--host", "up", "fleet", "status", "--json").stdout)
+    assert rows["down"]["smoke_first_token_max_sec"] == rows["down"]["audit_errors"] == "?"
+    assert rows["up"]["smoke_first_token_max_sec"] is None and rows["up"]["audit_errors"] is None
+    table = hxctl_fleet(env, "--host", "down", "--host", "up", "fleet", "status")
+    assert table.returncode == 0, table.stderr
+    lines = [line.split() for line in table.stdout.splitlines()]
+    assert lines[1] == ["down", "0.1.0", "not", "running", "canonical", "active", "0", "?", "?", "?", "?"]
+    assert lines[2] == ["up", "0.1.0", "running", "canonical", "active", "0", "-", "ok", "-", "unchecked"]

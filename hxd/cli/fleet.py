@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from typing import Any
 
 from hxd.cli.client import CallFailed, Unreachable
 from hxd.cli.common import EXIT_FAILED, EXIT_OK, call_hxd, offline_engine
-from hxd.core.errors import InvalidArgs, Unreadable
+from hxd.core.errors import Failed, InvalidArgs, Unreadable
 from hxd.core.inventory import inventory
 
 _PARALLEL = 16
@@ -116,6 +117,8 @@ def run_inventory(args: argparse.Namespace) -> int:
 
 def run_fleet(args: argparse.Namespace) -> int:
     nodes = _nodes(args)
+    if shutil.which("ssh") is None:
+        raise Failed("ssh is not installed (no ssh on PATH); hxctl fleet needs it: apt-get install openssh-client")
     with ThreadPoolExecutor(min(len(nodes), _PARALLEL)) as pool:
         answers = dict(zip((n.name for n in nodes), pool.map(lambda node: _ask(node, args), nodes), strict=True))
     if args.what == "status":
@@ -169,16 +172,24 @@ def _ask(node: Node, args: argparse.Namespace) -> dict[str, Any]:
         command += ["-p", node.port]
     command += ["--", node.destination, args.remote_hxctl, "inventory", "--json"]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, stdin=subprocess.DEVNULL)
+        result = subprocess.run(command, capture_output=True, timeout=args.timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return {"error": f"no answer within {args.timeout:g} s"}
+    except OSError as exc:  # ssh went away since run_fleet looked, or cannot be run
+        return {"error": f"cannot run ssh: {exc.strerror}"}
     if result.returncode != 0:
-        why = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+        # ssh's and the node's messages in whatever encoding the node uses (a Latin-1 banner): shown, never fatal.
+        stderr = result.stderr.decode(errors="backslashreplace")
+        why = (stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
         return {"error": f"unreachable: {why}" if result.returncode == 255 else why}
     try:
-        answer: dict[str, Any] = json.loads(result.stdout)
+        answer = json.loads(result.stdout.decode())
+    except UnicodeDecodeError as exc:
+        return {"error": f"the node's answer is not UTF-8 (byte {exc.start}); is something printing at login there?"}
     except ValueError:
         return {"error": "the node's hxctl did not answer with JSON (is hxd installed there?)"}
+    if not isinstance(answer, dict):
+        return {"error": "the node's hxctl did not answer with a JSON object (is hxd installed there?)"}
     return answer
 
 
@@ -187,9 +198,13 @@ def _row(answer: dict[str, Any]) -> dict[str, Any]:
     if "error" in answer:
         return {"error": answer["error"]}
     status = answer.get("hxd", {})
-    smoke = status.get("last_smoke", {}).get("models", {})
-    audit, features = status.get("last_audit", {}), status.get("features", {})
-    slowest = max((m.get("first_token_sec", 0.0) for m in smoke.values()), default=None)
+    features = status.get("features", {})
+    if "hxd" in answer:
+        smoke = status.get("last_smoke", {}).get("models", {})
+        slowest = max((m.get("first_token_sec", 0.0) for m in smoke.values()), default=None)
+        audit_errors = status.get("last_audit", {}).get("errors")
+    else:  # hxd could not be asked: unknown ("?"), not none yet ("-" for None), as hxctl(1) says
+        slowest = audit_errors = "?"
     return {
         "version": answer.get("version", "?"),
         "hxd": status.get("state", "not running"),
@@ -199,7 +214,7 @@ def _row(answer: dict[str, Any]) -> dict[str, Any]:
         "models": len(answer.get("models", {})),
         "smoke_first_token_max_sec": slowest,
         "telemetry": features.get("telemetry", "?"),
-        "audit_errors": audit.get("errors"),
+        "audit_errors": audit_errors,
         "validate": features.get("validate", "?"),
     }
 
@@ -276,7 +291,9 @@ def _flatten(answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def _dotted(prefix: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, dict) and value:
+    """``value``'s leaves by dotted name. An empty object has none: a node without pins, models or a readable env
+    file differs from the others by the fields it lacks, not by one more field for the empty object itself."""
+    if isinstance(value, dict):
         flat: dict[str, Any] = {}
         for key, item in value.items():
             flat.update(_dotted(f"{prefix}.{key}", item))

@@ -221,6 +221,12 @@ def _rehash_prefix(fd: int, digest: hashlib._Hash, view: memoryview) -> int:
     return offset
 
 
+def manifest_digest(source: Dir, relative: str) -> str:
+    """The sha256 of a source manifest as it is now (what the journal holds for the copy made of it)."""
+    with _opened(source, relative) as fd:
+        return hashlib.sha256(read_manifest_bytes(fd, source.path / relative)).hexdigest()
+
+
 def copy_manifest(source: Dir, relative: str, staging: Dir, manifests: Dir, owner: Ownership) -> str:
     """Copy a manifest byte for byte with its mtime (its sha256 is the model's ID); returns that sha256.
     ``relative`` is ``host/namespace/model/tag``; directories on the way are made with Ollama's owner."""

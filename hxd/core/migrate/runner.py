@@ -38,7 +38,7 @@ from hxd.core.migrate.copy import Ownership, blob_in_place, copy_manifest, manif
 from hxd.core.migrate.journal import Journal, Phase
 from hxd.core.migrate.plan import STAGING, Plan, changed_under, make_plan, targets
 from hxd.core.migrate.switch import change, point, undo
-from hxd.core.migrate.trees import Trees, enter_or_create, rmdir_beneath, sub_or_none, unlink_beneath
+from hxd.core.migrate.trees import Trees, enter_or_create, remove_beneath, sub_or_none
 from hxd.core.modelref import parse_ref
 from hxd.core.ollama_api import OllamaUnavailable, list_models
 from hxd.core.ollama_env import env_api_url
@@ -300,7 +300,7 @@ class Migration:
             changed = [m for m in plan.manifests if journal.manifests.get(m) != manifest_digest(source, m)]
             self._put_manifests(journal, owner, changed, trees)  # only these: each copy is two fsyncs of downtime
             for gone in sorted(set(journal.manifests) - set(plan.manifests)):
-                unlink_beneath(trees.manifests, gone)
+                remove_beneath(trees.manifests, gone)
                 del journal.manifests[gone]
         journal.save(self.state_dir)
         self._verify(journal)
@@ -430,10 +430,10 @@ class Migration:
                 with manifests:
                     planned = {*journal.planned_manifests, *journal.manifests}
                     for relative in sorted(planned):
-                        unlink_beneath(manifests, relative)
+                        remove_beneath(manifests, relative)
                     parents = {str(Path(r).parents[i]) for r in planned for i in range(len(Path(r).parts) - 1)}
                     for directory in sorted(parents, key=lambda d: -d.count("/")):
-                        rmdir_beneath(manifests, directory)
+                        remove_beneath(manifests, directory, is_dir=True)
             remove_tree(bulk, STAGING)
             bulk.rmdir("blobs")
             bulk.rmdir("manifests")

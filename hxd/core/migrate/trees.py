@@ -7,6 +7,7 @@ below is reached relative to these descriptors. Removal helpers skip a name that
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterator
@@ -66,28 +67,13 @@ def sub_or_none(parent: Dir, name: str) -> Dir | None:
     return parent.sub(name) if st is not None and stat.S_ISDIR(st.st_mode) else None
 
 
-def unlink_beneath(directory: Dir, relative: str) -> None:
-    """Remove ``relative`` if it is there; a symlink on the way means it is not (skipped, never followed)."""
+def remove_beneath(directory: Dir, relative: str, *, is_dir: bool = False) -> None:
+    """Remove the file (or, ``is_dir``, the empty directory) ``relative`` if it is there; a symlink on the way
+    means it is not the one hxd made (skipped, never followed)."""
     head, _, leaf = relative.rpartition("/")
     try:
         parent = directory.sub(head) if head else None
     except (FileNotFoundError, NotADirectoryError, Unsafe):
         return
-    if parent is None:
-        directory.unlink(leaf)
-        return
-    with parent:
-        parent.unlink(leaf)
-
-
-def rmdir_beneath(directory: Dir, relative: str) -> None:
-    head, _, leaf = relative.rpartition("/")
-    try:
-        parent = directory.sub(head) if head else None
-    except (FileNotFoundError, NotADirectoryError, Unsafe):
-        return
-    if parent is None:
-        directory.rmdir(leaf)
-        return
-    with parent:
-        parent.rmdir(leaf)
+    with parent or contextlib.nullcontext(directory) as holder:
+        (holder.rmdir if is_dir else holder.unlink)(leaf)

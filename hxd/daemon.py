@@ -95,7 +95,7 @@ class Daemon:
 
     async def run(self) -> int:
         try:
-            metrics_socket = self._metrics_socket()
+            metrics_sockets = self._metrics_sockets()
             bus = await self._connect()
             authority = Authority(bus)
             jobs = JobExporter(bus, authority, self.engine.runner, lambda: self._jobs_changed(jobs))
@@ -114,8 +114,8 @@ class Daemon:
             loop.add_signal_handler(signum, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         metrics = (
-            serve(metrics_socket, lambda: render(self.engine.status(), metric_lines(self.engine.telemetry.view)))
-            if metrics_socket
+            serve(metrics_sockets, lambda: render(self.engine.status(), metric_lines(self.engine.telemetry.view)))
+            if metrics_sockets
             else None
         )
         self.engine.observers.append(self._facts_changed)
@@ -128,7 +128,7 @@ class Daemon:
             version=__version__,
             bus=describe(self.spec),
             config=str(self.engine.config_path),
-            metrics=_socket_name(metrics_socket),
+            metrics=_socket_names(metrics_sockets),
         )
         self._recover_migration()
         disconnected = asyncio.create_task(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
@@ -151,16 +151,16 @@ class Daemon:
         except HxdError as exc:
             log.error("cannot roll back the interrupted migration now", error=str(exc))
 
-    def _metrics_socket(self) -> socket.socket | None:
-        """systemd's socket (hxd.socket), else one bound to metrics.listen, else None (no endpoint)."""
+    def _metrics_sockets(self) -> list[socket.socket]:
+        """systemd's sockets (hxd.socket: every ListenStream=), else one bound to metrics.listen, else none."""
         passed = listen_fds()
         if passed:
-            return passed[0]
+            return passed
         listen = self.engine.config.metrics.listen
         if not listen:
-            return None
+            return []
         try:
-            return bind(listen)
+            return [bind(listen)]
         except OSError as exc:
             raise StartupError("cannot listen for /metrics", listen=listen, error=exc.strerror) from None
 
@@ -309,11 +309,9 @@ class Daemon:
                 runs = max(runs + 1, math.floor((loop.time() - start) / timer.schedule.seconds) + 1)
 
 
-def _socket_name(sock: socket.socket | None) -> str:
-    if sock is None:
-        return "off"
-    name = sock.getsockname()
-    return ":".join(str(part) for part in name[:2]) if isinstance(name, tuple) else str(name)
+def _socket_names(socks: list[socket.socket]) -> str:
+    addresses = [sock.getsockname() for sock in socks]
+    return ", ".join(":".join(map(str, n[:2])) if isinstance(n, tuple) else str(n) for n in addresses) or "off"
 
 
 def _parser() -> argparse.ArgumentParser:

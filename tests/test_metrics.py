@@ -36,9 +36,10 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 @pytest.fixture
-def activated(bus: PrivateBus, tmp_path: Path) -> Iterator[tuple[str, NotifySocket, subprocess.Popen[bytes]]]:
-    """hxd behind systemd-socket-activate: not running until the first connection, as with hxd.socket."""
-    port = free_port()
+def activated(bus: PrivateBus, tmp_path: Path) -> Iterator[tuple[list[str], NotifySocket, subprocess.Popen[bytes]]]:
+    """hxd behind systemd-socket-activate: not running until the first connection, as with hxd.socket; two
+    listening addresses, as an operator's drop-in adds one for Prometheus to hxd.socket's loopback one."""
+    port, second = free_port(), free_port()
     notify = NotifySocket(tmp_path / "notify")
     config = write_config(tmp_path)
     process = subprocess.Popen(
@@ -46,6 +47,8 @@ def activated(bus: PrivateBus, tmp_path: Path) -> Iterator[tuple[str, NotifySock
             "systemd-socket-activate",
             "-l",
             f"127.0.0.1:{port}",
+            "-l",
+            f"127.0.0.2:{second}",
             "-E",
             f"NOTIFY_SOCKET={notify.path}",
             "-E",
@@ -61,14 +64,16 @@ def activated(bus: PrivateBus, tmp_path: Path) -> Iterator[tuple[str, NotifySock
         stderr=subprocess.PIPE,
     )
     wait_listening(port, 10, process)  # systemd-socket-activate listens (it prints "Listening on ...")
-    yield f"http://127.0.0.1:{port}", notify, process
+    yield [f"http://127.0.0.1:{port}", f"http://127.0.0.2:{second}"], notify, process
     process.terminate()
     assert process.wait(30) == 0
     notify.close()
 
 
-def test_a_scrape_starts_hxd_and_gets_metrics(activated: tuple[str, NotifySocket, subprocess.Popen[bytes]]) -> None:
-    url, notify, _ = activated
+def test_a_scrape_starts_hxd_and_gets_metrics(
+    activated: tuple[list[str], NotifySocket, subprocess.Popen[bytes]],
+) -> None:
+    [url, _], notify, _ = activated
     content_type, text = scrape(f"{url}/metrics")
     notify.wait_for("READY=1")
     assert content_type == "text/plain; version=0.0.4; charset=utf-8"
@@ -82,8 +87,18 @@ def test_a_scrape_starts_hxd_and_gets_metrics(activated: tuple[str, NotifySocket
     assert ("hxd_path_writable", (("path", "canonical"),)) in values
 
 
-def test_errors_and_other_paths(activated: tuple[str, NotifySocket, subprocess.Popen[bytes]]) -> None:
-    url, _, _ = activated
+def test_every_socket_systemd_passes_is_served(
+    activated: tuple[list[str], NotifySocket, subprocess.Popen[bytes]],
+) -> None:
+    urls, notify, _ = activated
+    for url in reversed(urls):  # the second address first: it starts hxd, which must serve it too
+        _, text = scrape(f"{url}/metrics")
+        assert samples(text)[("hxd_state", (("state", "running"),))] == 1
+    notify.wait_for("READY=1")
+
+
+def test_errors_and_other_paths(activated: tuple[list[str], NotifySocket, subprocess.Popen[bytes]]) -> None:
+    [url, _], _, _ = activated
     with pytest.raises(urllib.error.HTTPError) as missing:
         scrape(f"{url}/")
     assert missing.value.code == 404

@@ -40,7 +40,7 @@ def test_a_render_that_fails_is_a_500_and_the_next_scrape_is_served() -> None:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         sock.listen()
-        server = serve(sock, render)
+        server = serve([sock], render)
         port = sock.getsockname()[1]
         try:
             return await scrape(port), await scrape(port), await scrape(port, b"garbage\r\n\r\n")
@@ -76,7 +76,7 @@ def test_idle_connections_over_the_cap_close_the_oldest_and_a_scrape_is_served()
     async def run() -> tuple[bytes, float, int, int]:
         sock = listener()
         port = sock.getsockname()[1]
-        server = serve(sock, lambda: "hxd_up 1\n")
+        server = serve([sock], lambda: "hxd_up 1\n")
         idle = []
         for _ in range(2000):
             idle.append(await asyncio.open_connection("127.0.0.1", port))
@@ -108,7 +108,7 @@ def test_an_idle_connection_is_closed_after_the_timeout(monkeypatch: pytest.Monk
 
     async def run() -> tuple[bytes, float]:
         sock = listener()
-        server = serve(sock, lambda: "hxd_up 1\n")
+        server = serve([sock], lambda: "hxd_up 1\n")
         reader, writer = await asyncio.open_connection(*sock.getsockname())
         start = time.monotonic()
         data = await asyncio.wait_for(reader.read(), 5)
@@ -136,7 +136,7 @@ def test_accept_errors_are_counted_and_serving_goes_on(monkeypatch: pytest.Monke
 
         monkeypatch.setattr(loop, "sock_accept", short_of_descriptors)
         sock = listener()
-        server = serve(sock, lambda: "hxd_up 1\n")
+        server = serve([sock], lambda: "hxd_up 1\n")
         try:
             return await scrape(sock.getsockname()[1])
         finally:

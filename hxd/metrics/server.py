@@ -19,7 +19,7 @@ import functools
 import os
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -107,29 +107,32 @@ class _Drops:
 
 
 class MetricsServer:
-    """Serves ``GET /metrics`` on a listening socket until ``close``."""
+    """Serves ``GET /metrics`` on listening sockets until ``close``: every socket hxd.socket passes (an operator's
+    drop-in may add a ListenStream= on the address Prometheus scrapes), one accept loop each, and one bound on
+    connections for all of them."""
 
-    def __init__(self, sock: socket.socket, render: Callable[[], str]) -> None:
-        self._sock = sock
+    def __init__(self, socks: Sequence[socket.socket], render: Callable[[], str]) -> None:
         self._render = render
         self._drops = _Drops()
         self._connections: dict[socket.socket, asyncio.Task[None]] = {}  # oldest first
-        sock.setblocking(False)
-        self._accepting = asyncio.create_task(self._accept())
+        for sock in socks:
+            sock.setblocking(False)
+        self._accepting = [asyncio.create_task(self._accept(sock)) for sock in socks]
 
     def close(self) -> None:
         """Stop accepting and drop every connection; the sockets are closed as their tasks end."""
-        self._accepting.cancel()
+        for accepting in self._accepting:
+            accepting.cancel()
         for task in self._connections.values():
             task.cancel()
         self._drops.close()
 
-    async def _accept(self) -> None:
+    async def _accept(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
-                    conn, _ = await loop.sock_accept(self._sock)
+                    conn, _ = await loop.sock_accept(sock)
                 except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                     continue  # the client left before it was accepted
                 except OSError as exc:
@@ -148,7 +151,7 @@ class MetricsServer:
                 # the bus is served between accepts however fast connections come.
                 await asyncio.sleep(0)
         finally:
-            self._sock.close()  # here, after the loop has stopped watching it: its number may be reused at once
+            sock.close()  # here, after the loop has stopped watching it: its number may be reused at once
 
     def _closed(self, conn: socket.socket, _: asyncio.Task[None]) -> None:
         """A connection's task ended, however (served, timed out, dropped, even before it ran): close its socket,
@@ -195,6 +198,6 @@ class MetricsServer:
         return reply.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" if method == "HEAD" else reply
 
 
-def serve(sock: socket.socket, render: Callable[[], str]) -> MetricsServer:
-    """Serve ``GET /metrics`` on ``sock`` with the text ``render()`` returns (call on the running loop)."""
-    return MetricsServer(sock, render)
+def serve(socks: Sequence[socket.socket], render: Callable[[], str]) -> MetricsServer:
+    """Serve ``GET /metrics`` on ``socks`` with the text ``render()`` returns (call on the running loop)."""
+    return MetricsServer(socks, render)

@@ -9,6 +9,7 @@ stand-in and the Ollama stub of its own, reached with connection: local.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -32,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 COLLECTIONS = REPO / "ansible"
 COLLECTION = COLLECTIONS / "ansible_collections/hxinfra/hxd"
 HXCTL = str(Path(sys.executable).parent / "hxctl")  # this checkout's, installed in the venv by `make venv`
+sys.path.insert(0, str(COLLECTIONS))  # the collection's modules as Ansible imports them: ansible_collections.hxinfra...
 
 pytestmark = pytest.mark.usefixtures("ollama_account")
 
@@ -74,6 +76,25 @@ def corrupt_a_blob(config: Config) -> Path:
     data[0] ^= 0xFF
     blob.write_bytes(bytes(data))
     return blob
+
+
+@pytest.mark.parametrize("module", ["hxd_facts", "hxd_validate", "hxd_migrate", "hxd_smoke"])
+def test_ansible_doc_reads_each_module_s_documentation(module: str, tmp_path: Path) -> None:
+    """ansible-doc parses DOCUMENTATION, EXAMPLES and RETURN, and the options it documents are the module's own."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-doc"), "--json", f"hxinfra.hxd.{module}"],
+        env={**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS), "ANSIBLE_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)[f"hxinfra.hxd.{module}"]
+    assert doc["doc"]["module"] == module and doc["examples"] and doc["return"]
+    spec = importlib.import_module(f"ansible_collections.hxinfra.hxd.plugins.modules.{module}").ARGUMENT_SPEC
+    assert {name: option["type"] for name, option in doc["doc"]["options"].items()} == {
+        name: option["type"] for name, option in spec.items()
+    }
 
 
 def test_facts_are_hxctl_inventory(

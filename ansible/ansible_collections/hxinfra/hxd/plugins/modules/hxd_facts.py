@@ -70,9 +70,11 @@ ansible_facts:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hxinfra.hxd.plugins.module_utils.hxctl import HXCTL_OPTION, run_hxctl
 
+ARGUMENT_SPEC = dict(HXCTL_OPTION)
+
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=dict(HXCTL_OPTION), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     _, inventory = run_hxctl(module, ["inventory"])
     for error in inventory.get("errors", []):
         module.warn(f"hxctl inventory: {error}")

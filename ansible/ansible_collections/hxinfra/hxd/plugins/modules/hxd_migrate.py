@@ -71,9 +71,11 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hxinfra.hxd.plugins.module_utils.hxctl import HXCTL_OPTION, run_hxctl
 
+ARGUMENT_SPEC = dict(HXCTL_OPTION)
+
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=dict(HXCTL_OPTION), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     _, plan = run_hxctl(module, ["migrate", "--dry-run"])
     if not plan["changed"]:
         module.exit_json(changed=False, plan=plan, msg=plan["message"])

@@ -65,12 +65,11 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hxinfra.hxd.plugins.module_utils.hxctl import HXCTL_OPTION, run_hxctl
 
+ARGUMENT_SPEC = dict(models=dict(type="list", elements="str", default=[]), **HXCTL_OPTION)
+
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(models=dict(type="list", elements="str", default=[]), **HXCTL_OPTION),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     if module.check_mode:
         module.exit_json(changed=False, skipped=True, msg="check mode: the smoke tests were not run")
     args = ["smoke", *(part for name in module.params["models"] for part in ("--model", name))]

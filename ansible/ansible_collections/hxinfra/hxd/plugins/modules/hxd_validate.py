@@ -82,17 +82,13 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hxinfra.hxd.plugins.module_utils.hxctl import HXCTL_OPTION, run_hxctl
 
 FLAGS = ("store", "deep", "server", "strict")
+ARGUMENT_SPEC = dict(
+    file=dict(type="path"), **{flag: dict(type="bool", default=False) for flag in FLAGS}, **HXCTL_OPTION
+)
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(
-            file=dict(type="path"),
-            **{flag: dict(type="bool", default=False) for flag in FLAGS},
-            **HXCTL_OPTION,
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     args = ["validate", *(f"--{flag}" for flag in FLAGS if module.params[flag])]
     if module.params["file"]:
         args.append(module.params["file"])

@@ -56,10 +56,13 @@ sandbox: venv
 test: lint
 	$(BIN)/pytest
 
+COLLECTION := ansible/ansible_collections/hxinfra/hxd
 lint: venv
-	$(BIN)/ruff check hxd hxsandbox tests tools bench tools/e2e tools/fresh tools/gpu-sandbox-check
-	$(BIN)/ruff format --check hxd hxsandbox tests tools bench tools/e2e tools/fresh tools/gpu-sandbox-check
+	$(BIN)/ruff check hxd hxsandbox tests tools bench ansible tools/e2e tools/fresh tools/gpu-sandbox-check
+	$(BIN)/ruff format --check hxd hxsandbox tests tools bench ansible tools/e2e tools/fresh tools/gpu-sandbox-check
 	$(BIN)/mypy
+	cd $(COLLECTION) && PATH="$(CURDIR)/$(BIN):$$PATH" ANSIBLE_COLLECTIONS_PATH="$(CURDIR)/ansible" \
+		ansible-lint --offline --strict --nocolor
 	$(BIN)/mypy --strict tools/e2e  # apart: mypy takes each extensionless script for the module __main__
 	$(BIN)/mypy --strict tools/fresh
 	$(BIN)/mypy --strict tools/gpu-sandbox-check

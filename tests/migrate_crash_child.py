@@ -5,6 +5,7 @@ worker, so that the order of system calls is the same in every run."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from migrate_support import FlagController
 from hxd.core.config import load_config
 from hxd.core.errors import Refused
 from hxd.core.jobs import JobControl
+from hxd.core.migrate.plan import AlreadyAligned
 from hxd.core.migrate.runner import Migration
 from hxsandbox.migrate import prune, roll_back, run_migration
 
@@ -29,7 +31,8 @@ def main() -> None:
     elif action == "prune":
         prune(migration)
     else:
-        run_migration(migration, resume=action == "resume")
+        with contextlib.suppress(AlreadyAligned):  # nothing to do: a success, as hxd and hxctl report it
+            run_migration(migration, resume=action == "resume")
 
 
 if __name__ == "__main__":

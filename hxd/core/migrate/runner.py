@@ -36,13 +36,13 @@ from hxd.core.jobs import JobControl
 from hxd.core.migrate import journal as journals
 from hxd.core.migrate.copy import Ownership, blob_in_place, copy_manifest, manifest_digest, place_blob, remove_tree
 from hxd.core.migrate.journal import Journal, Phase
-from hxd.core.migrate.plan import STAGING, Plan, changed_under, make_plan, targets
+from hxd.core.migrate.plan import STAGING, Plan, Targets, changed_under, make_plan, targets
 from hxd.core.migrate.switch import change, point, undo
 from hxd.core.migrate.trees import Trees, enter_or_create, remove_beneath, sub_or_none
 from hxd.core.modelref import parse_ref
 from hxd.core.ollama_api import OllamaUnavailable, list_models
 from hxd.core.ollama_env import env_api_url
-from hxd.core.safefs import Dir
+from hxd.core.safefs import Dir, Unsafe
 from hxd.core.schedule import iso
 from hxd.core.service import ServiceController
 from hxd.core.store import Store, StoreError
@@ -149,10 +149,9 @@ class Migration:
                 f"started again: {problem}"
             )
         journal.finish(self.state_dir, Phase.COMMITTED, "committed")
-        try:  # leftovers only: the migration is committed whatever becomes of them
-            with Dir.enter(journal.targets.bulk) as bulk:
-                remove_tree(bulk, STAGING)
-            _remove_temporaries(journal.targets.env_file, self.state_dir)
+        try:  # leftovers only: the migration is committed whatever becomes of them (the next migrate retries)
+            _remove_staging(journal.targets.bulk)
+            _remove_temporaries(journal.targets, self.state_dir)
         except OSError as exc:
             log.warning("committed, but a temporary file could not be removed", error=_reason(exc))
         message = (
@@ -177,7 +176,9 @@ class Migration:
 
     def _journal(self, overrides: dict[str, str], resume: bool) -> tuple[Journal, Plan]:
         current = journals.load(self.state_dir)
-        _remove_temporaries((current.targets if current else targets(self.config, overrides)).env_file, self.state_dir)
+        _remove_temporaries(current.targets if current else targets(self.config, overrides), self.state_dir)
+        if current is None or not current.interrupted:  # a kill after the commit may have left the staging area
+            _remove_staging(current.targets.bulk if current else targets(self.config, overrides).bulk)
         if resume:
             if current is None or not current.interrupted:
                 raise Refused("there is no interrupted migration to resume")
@@ -364,7 +365,7 @@ class Migration:
         """The migration a rollback would undo; Refused when there is none. Call it holding the node's lock.
         Temporary files of a migration killed before its journal existed are removed either way."""
         journal = journals.load(self.state_dir)
-        _remove_temporaries(journal.targets.env_file if journal else self.config.paths.env_file, self.state_dir)
+        _remove_temporaries(journal.targets if journal else targets(self.config, {}), self.state_dir)
         if journal is None or journal.state in (Phase.ROLLED_BACK, Phase.PRUNED):
             raise Refused(
                 "there is no migration to roll back"
@@ -380,10 +381,16 @@ class Migration:
         if journal.state != Phase.ROLLING_BACK:
             journal.rollback_from, journal.state = str(journal.state), Phase.ROLLING_BACK
             journal.save(self.state_dir)
-        self._undo(journal)
-        self._remove_copies(journal)
+        try:
+            self._undo(journal)
+            self._remove_copies(journal)
+        except OSError as exc:
+            raise Failed(
+                f"{_reason(exc)}; the rollback of migration {journal.id} stopped there (see hxctl status): "
+                "fix that, then hxctl rollback again"
+            ) from None
         journal.finish(self.state_dir, Phase.ROLLED_BACK, why)
-        _remove_temporaries(journal.targets.env_file, self.state_dir)
+        _remove_temporaries(journal.targets, self.state_dir)
         undone = [step for step, _ in reversed(journal.switched)]
         return {"message": f"rolled back migration {journal.id}", "id": journal.id, "undone": undone}
 
@@ -492,10 +499,21 @@ def _store_tags(store: Store) -> dict[str, str]:
     return tags
 
 
-def _remove_temporaries(env_file: Path, state_dir: Path) -> None:
+def _remove_staging(bulk: Path) -> None:
+    """The staging area a kill after the commit left; nothing where bulk storage cannot be entered (the plan says
+    why)."""
+    try:
+        directory = Dir.enter(bulk)
+    except (FileNotFoundError, NotADirectoryError, Unsafe):
+        return
+    with directory:
+        remove_tree(directory, STAGING)
+
+
+def _remove_temporaries(t: Targets, state_dir: Path) -> None:
     """The temporary files of replace_file that a kill left beside the env file, the journal and the env file's
     backup (migrations run one at a time, under the node's lock: none of these is being written now)."""
-    env = env_file.resolve()
+    env = t.env_file.resolve()
     remove_temps(env.parent, f"{env.name}.")
     remove_temps(state_dir, "migration")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -63,8 +62,11 @@ def enter_or_create(path: Path, owner: Ownership) -> Dir:
 
 
 def sub_or_none(parent: Dir, name: str) -> Dir | None:
-    st = parent.lstat(name)
-    return parent.sub(name) if st is not None and stat.S_ISDIR(st.st_mode) else None
+    """The subdirectory ``name``, or None where there is none (or a symlink, or something else, put there)."""
+    try:
+        return parent.sub(name)
+    except (FileNotFoundError, NotADirectoryError, Unsafe):
+        return None
 
 
 def remove_beneath(directory: Dir, relative: str, *, is_dir: bool = False) -> None:

@@ -157,7 +157,7 @@ def test_migrate_check_mode_is_the_plan_and_changes_nothing(
     assert f"{canonical}/blobs: missing\n" in diff["before"] and f"{legacy}: directory\n" in diff["before"]
     assert f"OLLAMA_MODELS in {node.paths.env_file}: {canonical}\n" in diff["after"]
     assert f"{canonical}/blobs: -> {bulk}/blobs\n" in diff["after"]
-    assert diff["prepared"].startswith(f"the plan ({legacy}):\n  1. hard-link ")
+    assert diff["prepared"].startswith(f"the plan ({legacy}):\n  1. hash, then hard-link ")
     assert (
         not os.path.lexists(canonical / "blobs")
         and not legacy.is_symlink()

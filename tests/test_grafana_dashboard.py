@@ -50,6 +50,15 @@ def test_the_dashboard_is_per_node_and_shipped() -> None:
     assert "packaging/grafana/hxd-fleet.json usr/share/hxd/grafana/" in shipped
 
 
+def ready(base: str) -> bool:
+    """Prometheus answers 503 until its storage and rules are loaded (GET /-/ready)."""
+    try:
+        with urllib.request.urlopen(f"{base}/-/ready", timeout=5):
+            return True
+    except OSError:  # urllib's HTTPError (503) and a refused connection alike
+        return False
+
+
 def query(base: str, expr: str) -> dict[str, Any]:
     url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
     try:
@@ -117,6 +126,7 @@ def running_prometheus(tmp_path: Path, metrics_port: int) -> Iterator[str]:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_listening(port, 30, process)
+        wait_until(lambda: ready(f"http://127.0.0.1:{port}"), 30, "Prometheus ready")  # it listens before it is
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()

@@ -223,7 +223,13 @@ def _open_beneath(dirfd: int, relative: str, flags: int, mode: int) -> int:
     global _has_openat2
     if _has_openat2 is not False:
         how = _OpenHow(flags, mode if flags & os.O_CREAT else 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS)
-        fd = _libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(relative), ctypes.byref(how), ctypes.sizeof(how))
+        fd = _libc.syscall(  # variadic: every argument with its C type, so none is passed with a wrong width
+            ctypes.c_long(_SYS_OPENAT2),
+            ctypes.c_int(dirfd),
+            ctypes.c_char_p(os.fsencode(relative)),
+            ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        )
         if fd >= 0:
             _has_openat2 = True
             return int(fd)

@@ -83,6 +83,7 @@ bench: venv
 	$(BIN)/python bench/flood.py
 	$(BIN)/python bench/migrate.py
 	$(BIN)/python bench/fleet.py
+	$(BIN)/python bench/playbook.py
 
 # The .deb: a source tree under build/deb from `git ls-files` plus packaging/debian as debian/, the wheels pinned
 # by requirements.lock (and the setuptools that builds hxd's wheel, pinned by requirements-dev.lock) downloaded

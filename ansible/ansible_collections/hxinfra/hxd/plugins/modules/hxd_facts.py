@@ -19,11 +19,8 @@ description:
   - Parts hxctl could not read are listed in C(errors) and given as warnings; they do not fail the task.
   - hxctl reads the bus and the configuration from the environment (C(HXD_BUS), C(HXD_CONFIG)); set them with the
     play's C(environment) keyword for a node where they are not the defaults.
-options:
-  hxctl:
-    description: The hxctl to run, a path or a name looked up in C(PATH).
-    type: str
-    default: hxctl
+extends_documentation_fragment:
+  - hxinfra.hxd.hxctl
 attributes:
   check_mode:
     support: full

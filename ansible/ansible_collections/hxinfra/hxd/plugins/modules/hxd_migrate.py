@@ -20,11 +20,8 @@ description:
     refuse (too little free space, a missing source, ...) fails the task there too.
   - Diff mode shows the layout and C(OLLAMA_MODELS) before and after, and the plan's steps.
   - The paths are hxd.toml's C([paths]) on the node, the same for every node of an aligned fleet.
-options:
-  hxctl:
-    description: The hxctl to run, a path or a name looked up in C(PATH).
-    type: str
-    default: hxctl
+extends_documentation_fragment:
+  - hxinfra.hxd.hxctl
 attributes:
   check_mode:
     support: full

@@ -26,10 +26,8 @@ options:
     type: list
     elements: str
     default: []
-  hxctl:
-    description: The hxctl to run, a path or a name looked up in C(PATH).
-    type: str
-    default: hxctl
+extends_documentation_fragment:
+  - hxinfra.hxd.hxctl
 attributes:
   check_mode:
     support: partial

@@ -40,10 +40,8 @@ options:
     description: A model without a tag or with the tag C(latest) and no digest pin is an error, not a warning.
     type: bool
     default: false
-  hxctl:
-    description: The hxctl to run, a path or a name looked up in C(PATH).
-    type: str
-    default: hxctl
+extends_documentation_fragment:
+  - hxinfra.hxd.hxctl
 attributes:
   check_mode:
     support: full

@@ -130,7 +130,7 @@ class Daemon:
             config=str(self.engine.config_path),
             metrics=_socket_names(metrics_sockets),
         )
-        self._recover_migration()
+        await self._recover_migration()
         disconnected = asyncio.create_task(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
         stopping = asyncio.create_task(self.stop.wait())
         await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -143,13 +143,16 @@ class Daemon:
             return 1
         return await self._shutdown(bus, manager)
 
-    def _recover_migration(self) -> None:
-        """A crash past a migration's stop may have left Ollama down: the engine rolls it back now."""
+    async def _recover_migration(self) -> None:
+        """A crash past a migration's stop may have left Ollama down: the engine rolls it back now. In a thread, as
+        every job's preparation: it reads the journal and the store's directories."""
         try:
-            if self.engine.recover_migration() is None and self.engine.features["migrate"].state != FeatureState.OK:
-                log.warning("an interrupted migration needs attention", detail=self.engine.features["migrate"].detail)
+            job = await asyncio.to_thread(self.engine.recover_migration)
         except HxdError as exc:
             log.error("cannot roll back the interrupted migration now", error=str(exc))
+            return
+        if job is None and (migrate := self.engine.features["migrate"]).state != FeatureState.OK:
+            log.warning("an interrupted migration needs attention", detail=migrate.detail)
 
     def _metrics_sockets(self) -> list[socket.socket]:
         """systemd's sockets (hxd.socket: every ListenStream=), else one bound to metrics.listen, else none."""

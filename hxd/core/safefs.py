@@ -171,9 +171,6 @@ class Dir:
         except FileNotFoundError:
             return None
 
-    def names(self) -> list[str]:
-        return os.listdir(self.fd)  # reads a duplicate of the descriptor, from the start
-
     def rename(self, name: str, into: Dir, new: str) -> None:
         os.rename(name, new, src_dir_fd=self.fd, dst_dir_fd=into.fd)
 

@@ -176,9 +176,10 @@ class Migration:
 
     def _journal(self, overrides: dict[str, str], resume: bool) -> tuple[Journal, Plan]:
         current = journals.load(self.state_dir)
-        _remove_temporaries(current.targets if current else targets(self.config, overrides), self.state_dir)
+        left = current.targets if current else targets(self.config, overrides)  # where a killed run left files
+        _remove_temporaries(left, self.state_dir)
         if current is None or not current.interrupted:  # a kill after the commit may have left the staging area
-            _remove_staging(current.targets.bulk if current else targets(self.config, overrides).bulk)
+            _remove_staging(left.bulk)
         if resume:
             if current is None or not current.interrupted:
                 raise Refused("there is no interrupted migration to resume")
@@ -191,7 +192,7 @@ class Migration:
                 f"migration {current.id} was interrupted ({current.state}): run hxctl migrate --resume, "
                 "or hxctl rollback"
             )
-        plan = make_plan(self.config, targets(self.config, overrides))
+        plan = make_plan(self.config, left if current is None else targets(self.config, overrides))
         if current is not None:
             journals.archive(self.state_dir, current)
         t = plan.targets

@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # tools/demo.py's sandbox node
 from demo import sandbox_node
+from e2e_ansible import ansible_env, recap
 
 BIN = Path(sys.executable).parent
 COLLECTIONS = Path(__file__).resolve().parents[1] / "ansible"
@@ -135,17 +136,7 @@ class Run:
 
 def play(inventory: Path, home: Path, expect_changed: int) -> Run:
     """One ``ansible-playbook -i INVENTORY hxinfra.hxd.align``; checks every host's recap."""
-    home.mkdir(exist_ok=True)
-    (home / "ansible.cfg").write_text("[defaults]\n")  # none of this machine's
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(home / "ansible.cfg"),
-        "ANSIBLE_HOME": str(home),
-        "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
-        "ANSIBLE_REMOTE_TEMP": str(home / "remote-tmp"),
-        "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS),
-        "ANSIBLE_NOCOLOR": "1",
-    }
+    env = {**os.environ, **ansible_env(home, COLLECTIONS), "ANSIBLE_REMOTE_TEMP": str(home / "remote-tmp")}
     start = time.perf_counter()
     process = subprocess.Popen(
         [str(BIN / "ansible-playbook"), "-i", str(inventory), "hxinfra.hxd.align"],
@@ -168,19 +159,16 @@ def play(inventory: Path, home: Path, expect_changed: int) -> Run:
     sampler.join()
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
-    recap = {
-        host: {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
-        for host, counts in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", out, re.M)
-    }
+    counted = recap(out)
     hosts = json.loads(inventory.read_text())["hxd_nodes"]["hosts"]
     expected = {"ok": 4, "changed": expect_changed, "failed": 0, "unreachable": 0}
     if (
         os.waitstatus_to_exitcode(status) != 0
-        or set(recap) != set(hosts)
-        or any({key: counts[key] for key in expected} != expected for counts in recap.values())
+        or set(counted) != set(hosts)
+        or any({key: counts[key] for key in expected} != expected for counts in counted.values())
     ):
         raise SystemExit(f"bench: the playbook did not do what it should on {inventory}:\n{out}")
-    return Run(wall, usage.ru_maxrss / 1024, max(samples) / 1024, statistics.median(samples) / 1024)
+    return Run(wall, usage.ru_maxrss / 1024, max(samples, default=0) / 1024, statistics.median(samples or [0]) / 1024)
 
 
 def main() -> None:
@@ -223,7 +211,7 @@ def report(title: str, counts: tuple[int, int], base: list[Run], big: list[Run])
         ("PSS of the whole tree, peak sample", "pss_peak"),
         ("PSS of the whole tree, median sample", "pss_median"),
     ):
-        memory, base_memory = (max(getattr(run, field) for run in runs) for runs in (big, base))
+        memory, base_memory = (max(getattr(run, field) for run in group) for group in (big, base))
         print(
             f"  {what}: {many} nodes {memory:.1f} MiB, {few} nodes {base_memory:.1f} MiB: {memory / base_memory:.2f}x"
         )

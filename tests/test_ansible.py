@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from conftest import StartHxd, start_on_node, world_traversable_dir
+from e2e_ansible import ansible_env, recap
 from migrate_support import make_legacy_node, node_config
 
 from hxd.core.config import Config
@@ -314,26 +315,12 @@ def run_playbook(fleet: list[SandboxNode], tmp_path: Path) -> tuple[int, str, di
     }
     (tmp_path / "inventory.json").write_text(json.dumps(inventory))
     home = tmp_path / "ansible-home"
-    (tmp_path / "ansible.cfg").write_text("[defaults]\n")  # none of this machine's
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"),
-        "ANSIBLE_HOME": str(home),
-        "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
-        "ANSIBLE_REMOTE_TEMP": str(home / "remote-tmp"),
-        "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
+    env = {**os.environ, **ansible_env(home, COLLECTIONS), "ANSIBLE_REMOTE_TEMP": str(home / "remote-tmp")}
     command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(tmp_path / "inventory.json")]
     result = subprocess.run(
         [*command, "hxinfra.hxd.align"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
-    recap = {
-        host: {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
-        for host, counts in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", result.stdout, re.M)
-    }
-    return result.returncode, result.stdout + result.stderr, recap
+    return result.returncode, result.stdout + result.stderr, recap(result.stdout)
 
 
 def test_playbook_aligns_each_node_once(fleet: list[SandboxNode], tmp_path: Path) -> None:

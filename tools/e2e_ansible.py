@@ -63,20 +63,30 @@ def write_inventory(work: Path, nodes: dict[str, str], key: Path, known_hosts: P
     return path
 
 
+def ansible_env(home: Path, collections: Path) -> dict[str, str]:
+    """ANSIBLE_* settings that keep an ansible-playbook off this machine's configuration: an empty ansible.cfg and
+    a home of its own under ``home``, the collection from ``collections``, no colors in its output (which
+    ``recap`` reads). The tests' and the benchmark's playbooks run with these too."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "ansible.cfg").write_text("[defaults]\n")
+    return {
+        "ANSIBLE_CONFIG": str(home / "ansible.cfg"),
+        "ANSIBLE_HOME": str(home),
+        "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+        "ANSIBLE_COLLECTIONS_PATH": str(collections),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
+
+
 def playbook_command(work: Path, collections: Path, inventory: Path) -> tuple[list[str], dict[str, str]]:
     """The ansible-playbook command line and its environment (no configuration of this machine's)."""
-    (work / "ansible.cfg").write_text("[defaults]\n")
     env = {
         "PATH": f"{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
         "HOME": str(work / "home"),
-        "ANSIBLE_CONFIG": str(work / "ansible.cfg"),
-        "ANSIBLE_HOME": str(work / "home"),
-        "ANSIBLE_LOCAL_TEMP": str(work / "home/tmp"),
         "ANSIBLE_SSH_CONTROL_PATH_DIR": str(work / "cp"),
-        "ANSIBLE_COLLECTIONS_PATH": str(collections),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
+        **ansible_env(work / "home", collections),
     }
     return [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), PLAYBOOK], env
 

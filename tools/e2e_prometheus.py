@@ -44,10 +44,6 @@ def fast_rules(text: str) -> str:
     return re.sub(r"^(\s+)for: \S+\s*$", rf"\g<1>for: {FOR_SEC}s", text, flags=re.M)
 
 
-def alert_names(text: str) -> list[str]:
-    return re.findall(r"^\s+- alert: (\S+)\s*$", text, flags=re.M)
-
-
 # Run by llm-01's python3: argv[1] is the API path with its query string; prints the JSON answer's "data".
 QUERY_SCRIPT = f"""\
 import json, sys, urllib.request

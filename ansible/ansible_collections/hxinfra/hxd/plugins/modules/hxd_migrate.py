@@ -76,7 +76,7 @@ def main() -> None:
     _, plan = run_hxctl(module, ["migrate", "--dry-run"])
     if not plan["changed"]:
         module.exit_json(changed=False, plan=plan, msg=plan["message"])
-    diff = _diff(module, plan)
+    diff = _diff(module, plan) if module._diff else {}  # an hxctl inventory more: only when asked
     if module.check_mode:
         msg = f"would migrate {plan['blobs']} blobs and {plan['manifests']} manifests from {plan['source']}"
         module.exit_json(changed=True, plan=plan, diff=diff, msg=msg)

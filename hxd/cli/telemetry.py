@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from hxd.cli.client import CallFailed
-from hxd.cli.common import EXIT_FAILED, EXIT_OK, call_hxd, offline_engine
+from hxd.cli.common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, call_hxd, offline_engine
 from hxd.core.errors import HxdError
 from hxd.core.telemetry import compare
 from hxd.core.telemetry.recorder import rows
@@ -30,7 +30,7 @@ COMPARE_EXIT_CODES = f"""exit status of --compare:
   {EXIT_SANDBOX}  hxd cannot sample the GPUs but nvidia-smi can: the message names the hxd.service setting to
      suspect and how to confirm it
   {EXIT_NOTHING_TO_COMPARE}  nvidia-smi is missing or fails here (no driver, no GPU): nothing to compare with
-  3  hxd cannot be reached (use --offline to compare this process's sample instead)"""
+  {EXIT_UNREACHABLE}  hxd cannot be reached (use --offline to compare this process's sample instead)"""
 
 # (heading, field) of the table; --json has every field.
 _COLUMNS = (

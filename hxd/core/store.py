@@ -34,8 +34,11 @@ MANIFEST_MAX_BYTES: Final = 4 << 20
 MANIFEST_MAX_DEPTH: Final = 32
 # Objects and lists together: one per layer and three more; bounds what the parser allocates for 4 MiB.
 MANIFEST_MAX_CONTAINERS: Final = 65536
-# A JSON string, escapes included; its brackets are text, not structure.
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A JSON string, escapes included (its brackets are text, not structure), or an unclosed one to the end of the data:
+# every match succeeds, so the scan stays linear (a pattern that must find the closing quote rescans to the end from
+# each escaped quote of an unclosed string: quadratic, hours for 4 MiB). An unclosed string's text is kept, so its
+# brackets count, as before.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:(?P<closed>")|\\?\Z)', re.DOTALL)
 _AS_PARENS = bytes.maketrans(b"[]{}", b"()()")
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 
@@ -197,7 +200,7 @@ def read_manifest_bytes(fd: int, path: Path) -> bytes:
         ) from None
     if len(data) > MANIFEST_MAX_BYTES:
         raise StoreError(
-            f"{path}: larger than {MANIFEST_MAX_BYTES} bytes ({os.fstat(fd).st_size} on disk), hxd's limit for a "
+            f"{path}: larger than {MANIFEST_MAX_BYTES} bytes ({info.st_size} on disk), hxd's limit for a "
             "manifest; remove the file, and re-pull the model if you need it"
         )
     return data
@@ -218,6 +221,10 @@ def parse_layers(data: bytes, path: Path) -> tuple[Layer, ...]:
         raise StoreError(f"{path}: not an Ollama manifest ({exc}); re-pull the model or remove it") from None
 
 
+def _closed_strings(match: re.Match[bytes]) -> bytes:
+    return b"" if match.group("closed") else match.group()
+
+
 def _check_shape(data: bytes, path: Path) -> None:
     """Refuse nesting past ``MANIFEST_MAX_DEPTH`` and more than ``MANIFEST_MAX_CONTAINERS`` objects and lists.
 
@@ -226,7 +233,7 @@ def _check_shape(data: bytes, path: Path) -> None:
     ``MANIFEST_MAX_DEPTH`` passes is nested deeper (a pair remains) or does not balance: each pass costs one copy of
     at most ``MANIFEST_MAX_BYTES``, however deep the file claims to go.
     """
-    brackets = _STRING.sub(b"", data).translate(_AS_PARENS, _NOT_BRACKETS)
+    brackets = _STRING.sub(_closed_strings, data).translate(_AS_PARENS, _NOT_BRACKETS)
     containers = brackets.count(b"(")
     for _ in range(MANIFEST_MAX_DEPTH):
         brackets = brackets.replace(b"()", b"")

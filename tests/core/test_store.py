@@ -71,9 +71,11 @@ def test_a_million_layers_are_refused_after_reading_the_limit(store: Store) -> N
         (b',"a":' + b"[" * 100_000 + b"]" * 100_000, "nests deeper than 32 levels"),
         (b',"a":' + b"{" * 100_000, "its brackets do not balance"),
         (b',"a":' + b'"' + b"[" * 100_000, "its brackets do not balance"),  # no string ends: brackets count
+        # Each escaped quote starts another try at a string: read once, not once from each (1 MiB, hours if quadratic)
+        (b',"a":' + b'"' + b'\\"' * 500_000 + b"[", "its brackets do not balance"),
         (b',"a":[' + b"{}," * MANIFEST_MAX_CONTAINERS + b"{}]", "holds 65542 objects and lists, more than hxd's"),
     ],
-    ids=["deep", "unclosed", "unterminated-string", "objects"],
+    ids=["deep", "unclosed", "unterminated-string", "unterminated-escaped-quotes", "objects"],
 )
 def test_shapes_past_the_limits_are_refused_without_recursion(
     store: Store, rewrite: Callable[[bytes], Path], extra: bytes, message: str
